@@ -1,0 +1,292 @@
+"""Stream configuration: one YAML file per stream, validated on load.
+
+Every error names the file, the field (dotted path) and what is wrong. Secrets are only
+ever references (``{env: NAME}`` or ``{file: PATH}``), resolved when a client connects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from ferry.errors import ConfigError
+
+STREAMS_DIR = Path("runbook/streams")
+CLIENTS = ("confluent", "kafka-python")
+LAYOUTS = ("merged", "per-partition")
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives: an environment variable or a file. Never the secret itself."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def resolve(self) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(
+                    f"environment variable {self.env} (a secret reference) is not set"
+                )
+            return value
+        assert self.file is not None
+        try:
+            return Path(self.file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"secret file {self.file} cannot be read: {exc.strerror}") from exc
+
+    def __str__(self) -> str:  # what logs and manifests may show
+        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
+
+
+@dataclass(frozen=True)
+class StartPosition:
+    """Where the migration starts in every partition: earliest, an age, or a timestamp."""
+
+    kind: str  # "earliest" | "age" | "timestamp"
+    millis: int = 0  # age in ms, or epoch ms
+
+    def timestamp_ms(self, now_ms: int) -> int | None:
+        """The epoch-ms timestamp to look offsets up for, or None for earliest."""
+        if self.kind == "earliest":
+            return None
+        if self.kind == "age":
+            return now_ms - self.millis
+        return self.millis
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    topic: str
+    client: str = "confluent"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    username: SecretRef | None = None
+    password: SecretRef | None = None
+    ssl_cafile: str | None = None
+    transactional: bool = False
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    stream: str
+    layout: str = "merged"
+    username: SecretRef | None = None
+    password: SecretRef | None = None
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """A validated stream config: one Kafka topic to one Redis Stream migration."""
+
+    name: str
+    kafka: KafkaSettings
+    redis: RedisSettings
+    start: StartPosition
+    batch_size: int = 2000
+    source: str = field(default="<memory>", compare=False)
+
+    @property
+    def hash_tag(self) -> str:
+        return "{" + self.name + "}"
+
+
+def parse_start(text: Any, where: str = "start") -> StartPosition:
+    """Parse ``earliest``, a duration such as ``7d`` / ``36h``, or an ISO-8601 timestamp."""
+    if isinstance(text, datetime):
+        when = text if text.tzinfo else text.replace(tzinfo=UTC)
+        return StartPosition("timestamp", int(when.timestamp() * 1000))
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(
+            f"{where}: expected 'earliest', a duration like '7d' or an ISO timestamp, got {text!r}"
+        )
+    value = text.strip()
+    if value == "earliest":
+        return StartPosition("earliest")
+    match = _DURATION.match(value)
+    if match:
+        amount = int(match.group(1))
+        if amount <= 0:
+            raise ConfigError(f"{where}: duration {value!r} must be positive")
+        return StartPosition("age", amount * _UNIT_MS[match.group(2)])
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {value!r} is not 'earliest', a duration (units ms, s, m, h, d, w, e.g. '7d')"
+            " or an ISO-8601 timestamp (e.g. '2026-11-01T00:00:00Z')"
+        ) from None
+    if when.tzinfo is None:
+        raise ConfigError(f"{where}: timestamp {value!r} needs a time zone (e.g. a trailing 'Z')")
+    return StartPosition("timestamp", int(when.timestamp() * 1000))
+
+
+class _Fields:
+    """Reads one mapping of the YAML document, remembering the dotted path for errors."""
+
+    def __init__(self, source: str, path: str, data: Any):
+        self.source, self.path = source, path
+        if not isinstance(data, dict):
+            raise self.error(f"expected a mapping, got {type(data).__name__}")
+        self.data = data
+        self.used: set[str] = set()
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        where = f"{self.path}.{key}" if self.path and key else (key or self.path or "(top level)")
+        return ConfigError(f"{self.source}: {where}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., choices=None) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if default is ...:
+                raise self.error("is required", key)
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
+            raise self.error(f"expected {expected}, got {value!r}", key)
+        if choices is not None and value not in choices:
+            raise self.error(f"{value!r} is not one of {', '.join(choices)}", key)
+        return value
+
+    def child(self, key: str, required: bool = True) -> _Fields | None:
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise self.error("is required", key)
+            return None
+        return _Fields(self.source, f"{self.path}.{key}" if self.path else key, self.data[key])
+
+    def secret(self, key: str) -> SecretRef | None:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            return None
+        value = self.data[key]
+        if isinstance(value, str):
+            raise self.error(
+                "secrets may not be written inline; use {env: VARIABLE} or {file: /path/to/secret}",
+                key,
+            )
+        ref = _Fields(self.source, f"{self.path}.{key}", value)
+        env, file = ref.get("env", str, None), ref.get("file", str, None)
+        ref.finish()
+        if (env is None) == (file is None):
+            raise self.error("give exactly one of 'env' or 'file'", key)
+        return SecretRef(env=env, file=file)
+
+    def finish(self) -> None:
+        unknown = sorted(set(map(str, self.data)) - self.used)
+        if unknown:
+            raise self.error(f"unknown field(s): {', '.join(unknown)}")
+
+
+def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
+    """Validate a parsed YAML document and build a StreamConfig."""
+    top = _Fields(source, "", data)
+    name = top.get("name", str)
+    if not _NAME.match(name):
+        raise top.error(
+            f"{name!r} must be 1-100 letters, digits, '.', '_' or '-' (it becomes the hash tag)",
+            "name",
+        )
+    k = top.child("kafka")
+    kafka = KafkaSettings(
+        bootstrap_servers=k.get("bootstrap_servers", str),
+        topic=k.get("topic", str),
+        client=k.get("client", str, "confluent", CLIENTS),
+        transactional=k.get("transactional", bool, False),
+        **_security(k),
+    )
+    k.finish()
+    r = top.child("redis")
+    tag = "{" + name + "}"
+    url = r.get("url", str)
+    if url != "embedded":
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise r.error(f"{url!r} must start with redis://, rediss:// or unix://", "url")
+        if parts.password:
+            raise r.error(
+                "the URL carries a password; put it in redis.password as {env: ...} or {file: ...}",
+                "url",
+            )
+    stream = r.get("stream", str, f"{tag}:stream")
+    if tag not in stream:
+        raise r.error(
+            f"{stream!r} must contain the hash tag {tag} so every key of this migration "
+            "lives on one Redis Cluster slot",
+            "stream",
+        )
+    redis_settings = RedisSettings(
+        url=url,
+        stream=stream,
+        layout=r.get("layout", str, "merged", LAYOUTS),
+        username=r.secret("username"),
+        password=r.secret("password"),
+    )
+    r.finish()
+    top.used.add("start")
+    start = parse_start(data.get("start", "earliest"), f"{source}: start")
+    batch_size = top.get("batch_size", int, 2000)
+    if not 1 <= batch_size <= 50_000:
+        raise top.error(f"{batch_size} is outside 1..50000", "batch_size")
+    top.finish()
+    return StreamConfig(name, kafka, redis_settings, start, batch_size, source)
+
+
+def _security(k: _Fields) -> dict[str, Any]:
+    s = k.child("security", required=False)
+    if s is None:
+        return {}
+    protocol = s.get("protocol", str, "PLAINTEXT", PROTOCOLS)
+    mechanism = s.get("sasl_mechanism", str, None, MECHANISMS)
+    out = dict(
+        security_protocol=protocol,
+        sasl_mechanism=mechanism,
+        username=s.secret("username"),
+        password=s.secret("password"),
+        ssl_cafile=s.get("ssl_cafile", str, None),
+    )
+    s.finish()
+    if protocol.startswith("SASL") and (mechanism is None or out["password"] is None):
+        raise k.error(
+            f"protocol {protocol} needs sasl_mechanism, username and password", "security"
+        )
+    return out
+
+
+def load_config(ref: str | os.PathLike[str]) -> StreamConfig:
+    """Load a stream config by path, or by name from ``runbook/streams/<name>.yaml``."""
+    path = Path(ref)
+    if not path.suffix and not path.exists():
+        path = STREAMS_DIR / f"{ref}.yaml"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        known = sorted(p.stem for p in STREAMS_DIR.glob("*.yaml")) if STREAMS_DIR.is_dir() else []
+        hint = f" (known streams: {', '.join(known)})" if known else ""
+        raise ConfigError(f"no stream config at {path}{hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(data, str(path))

@@ -1,0 +1,43 @@
+"""One error hierarchy: every failure ferry reports is a FerryError with a message a user can act on."""
+
+from __future__ import annotations
+
+
+class FerryError(Exception):
+    """Base class of every error ferry raises on purpose."""
+
+
+class ConfigError(FerryError):
+    """A stream config file is missing, unreadable or invalid; the message names file and field."""
+
+
+class ServiceError(FerryError):
+    """An embedded service could not be started, found or stopped."""
+
+
+class KafkaError(FerryError):
+    """Kafka could not be reached or answered with an error."""
+
+
+class TopicNotFoundError(KafkaError):
+    """The configured topic does not exist on the broker."""
+
+
+class OffsetRangeError(KafkaError):
+    """A requested offset is no longer (or not yet) held by Kafka; ferry never auto-resets."""
+
+
+class RedisTargetError(FerryError):
+    """Redis could not be reached, refused the credentials, or is unsafe for streams."""
+
+
+class ForeignStreamError(RedisTargetError):
+    """The target stream key already holds data that ferry did not write."""
+
+
+class NotArmedError(FerryError):
+    """A batch was offered for a migration whose start positions were never chosen."""
+
+
+class IntegrityError(FerryError):
+    """Something would break an invariant (a hole, a double, an out-of-order write); ferry stopped."""

@@ -1,0 +1,44 @@
+-- ferry's one write path: append one partition's batch and move its frontier atomically.
+-- KEYS[1] state hash, KEYS[2] target stream
+-- ARGV[1] partition, ARGV[2] read_from (first offset the reader asked Kafka for),
+-- then six arguments per record, offsets strictly increasing:
+--   offset, timestamp ms, null flags, key, value, headers
+-- Returns {appended, frontier, refused}: refused = 1 when read_from > frontier + 1 (a hole).
+local state, stream = KEYS[1], KEYS[2]
+local p = ARGV[1]
+local fr_s = redis.call('HGET', state, 'frontier:' .. p)
+if not fr_s then
+  return redis.error_reply('FERRY_NOT_ARMED partition ' .. p .. ' has no frontier; arm the migration first')
+end
+local fr = tonumber(fr_s)
+if tonumber(ARGV[2]) > fr + 1 then
+  return {0, fr_s, 1}
+end
+local lastms_key = 'lastms:' .. stream
+local lastms_s = redis.call('HGET', state, lastms_key) or '0'
+local lastms = tonumber(lastms_s)
+local prev = -1
+local n = 0
+for i = 3, #ARGV, 6 do
+  local off = tonumber(ARGV[i])
+  if off <= prev then
+    return redis.error_reply('FERRY_ORDER offsets not increasing in batch for partition ' .. p .. ' at ' .. ARGV[i])
+  end
+  prev = off
+  if off > fr then
+    local ts = tonumber(ARGV[i + 1])
+    if ts > lastms then
+      lastms = ts
+      lastms_s = ARGV[i + 1]
+    end
+    redis.call('XADD', stream, lastms_s .. '-*', 'p', p, 'o', ARGV[i], 'ts', ARGV[i + 1],
+      'f', ARGV[i + 2], 'k', ARGV[i + 3], 'v', ARGV[i + 4], 'h', ARGV[i + 5])
+    fr = off
+    fr_s = ARGV[i]
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('HSET', state, 'frontier:' .. p, fr_s, lastms_key, lastms_s)
+end
+return {n, fr_s, 0}

@@ -1,0 +1,80 @@
+"""The Kafka side: one small interface, two clients behind it (confluent-kafka, kafka-python).
+
+Every reader is ``read_committed`` and never resets an offset on its own: asking for an
+offset Kafka no longer holds is an :class:`OffsetRangeError`, not a silent jump.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ferry.config import KafkaSettings, StreamConfig
+from ferry.entries import KafkaRecord
+from ferry.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """A topic's partitions, watermarks and the configs that decide what 'complete' means."""
+
+    topic: str
+    partitions: tuple[int, ...]
+    low: dict[int, int]
+    high: dict[int, int]
+    cleanup_policy: str
+    retention_ms: int | None
+
+    @property
+    def compacted(self) -> bool:
+        return "compact" in self.cleanup_policy
+
+    @property
+    def records_upper_bound(self) -> int:
+        return sum(self.high[p] - self.low[p] for p in self.partitions)
+
+
+class KafkaSource(Protocol):
+    """What ferry needs from a Kafka client."""
+
+    client_name: str
+
+    def describe_topic(self) -> TopicInfo: ...
+
+    def offsets_for_time(self, timestamp_ms: int) -> dict[int, int]: ...
+
+    def assign(self, positions: dict[int, int]) -> None: ...
+
+    def seek(self, partition: int, offset: int) -> None: ...
+
+    def pause(self, partitions: list[int]) -> None: ...
+
+    def position(self, partition: int) -> int: ...
+
+    def poll_records(self, max_records: int, timeout_s: float) -> list[KafkaRecord]: ...
+
+    def close(self) -> None: ...
+
+
+def resolve_bootstrap(settings: KafkaSettings) -> str:
+    if settings.bootstrap_servers == "embedded":
+        from ferry.services import running_services
+
+        return running_services().kafka_bootstrap
+    return settings.bootstrap_servers
+
+
+def open_source(config: StreamConfig, client: str | None = None) -> KafkaSource:
+    """Open a reader on the config's topic with the configured (or the given) client."""
+    name = client or config.kafka.client
+    if name == "confluent":
+        from ferry.kafka_confluent import ConfluentSource
+
+        return ConfluentSource(config.kafka, resolve_bootstrap(config.kafka), config.name)
+    if name == "kafka-python":
+        from ferry.kafka_python import KafkaPythonSource
+
+        return KafkaPythonSource(config.kafka, resolve_bootstrap(config.kafka), config.name)
+    raise ConfigError(f"unknown Kafka client {name!r}; use 'confluent' or 'kafka-python'")

@@ -1,0 +1,310 @@
+"""The mirror: backfill a topic into its stream from the frontier, optionally tailing after.
+
+One reader thread (Kafka) and one writer thread (Redis, pipelined). Every batch goes through
+the ingest script, so a crash anywhere leaves stream and frontier consistent and a rerun
+resumes at ``frontier[p] + 1``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+from ferry.config import StreamConfig
+from ferry.errors import IntegrityError, OffsetRangeError
+from ferry.ingest import (
+    Ingestor,
+    arm_migration,
+    migration_keys,
+    parse_reply,
+    read_state,
+    script_error,
+)
+from ferry.kafka_source import KafkaSource, TopicInfo, open_source
+from ferry.redis_target import check_target, connect_redis
+
+PIPELINE_BATCHES = 8
+QUEUE_BATCHES = 32
+
+
+@dataclass(frozen=True)
+class BackfillSummary:
+    stream: str
+    client: str
+    records: int
+    bytes: int
+    seconds: float
+    refused: int
+    frontier: dict[int, int]
+
+    @property
+    def msg_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+    def as_json(self) -> dict:
+        return {
+            "stream": self.stream,
+            "client": self.client,
+            "records": self.records,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "msg_per_s": round(self.msg_per_s, 1),
+            "mb_per_s": round(self.bytes / self.seconds / 1e6, 2) if self.seconds else 0.0,
+            "refused_batches": self.refused,
+        }
+
+
+@dataclass
+class _Batch:
+    partition: int
+    generation: int
+    read_from: int
+    args: list
+    count: int
+    nbytes: int
+    progress: int
+
+
+@dataclass
+class _Shared:
+    refused: dict[int, tuple[int, int]] = field(default_factory=dict)  # p -> (generation, frontier)
+    error: BaseException | None = None
+    records: int = 0
+    nbytes: int = 0
+    refused_batches: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def choose_starts(config: StreamConfig, source: KafkaSource, info: TopicInfo) -> dict[int, int]:
+    """The first offset of every partition for the configured start position."""
+    ts = config.start.timestamp_ms(int(time.time() * 1000))
+    if ts is None:
+        return dict(info.low)
+    found = source.offsets_for_time(ts)
+    return {p: max(found[p], info.low[p]) for p in info.partitions}
+
+
+def check_resumable(info: TopicInfo, frontiers: dict[int, int]) -> None:
+    """Kafka must still hold every record after the frontier; retention may have deleted some."""
+    for p in info.partitions:
+        if frontiers[p] + 1 < info.low[p]:
+            raise OffsetRangeError(
+                f"partition {p}: ferry's frontier is {frontiers[p]} but Kafka's earliest offset is "
+                f"now {info.low[p]}; records {frontiers[p] + 1}..{info.low[p] - 1} were deleted by "
+                "retention before ferry copied them"
+            )
+
+
+def backfill(
+    config: StreamConfig,
+    *,
+    follow: bool = False,
+    client: str | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> BackfillSummary:
+    """Copy the topic from the configured start (or the frontier) into the stream.
+
+    Without ``follow`` it stops at the high watermarks seen when it started; with ``follow``
+    it keeps tailing until ``should_stop()`` returns True.
+    """
+    target = connect_redis(config)
+    check_target(target)
+    source = open_source(config, client)
+    try:
+        info = source.describe_topic()
+        keys = migration_keys(config)
+        starts, frontiers = read_state(target, keys)
+        if any(p not in starts for p in info.partitions):
+            arm_migration(target, keys, config.kafka.topic, choose_starts(config, source, info))
+            starts, frontiers = read_state(target, keys)
+        check_resumable(info, frontiers)
+        return _run(
+            config, source, target, info, frontiers, follow, progress, should_stop, on_batch
+        )
+    finally:
+        source.close()
+
+
+def _run(config, source, target, info, frontiers, follow, progress, should_stop, on_batch):
+    keys = migration_keys(config)
+    gaps_allowed = info.compacted or config.kafka.transactional
+    pos = {p: frontiers[p] + 1 for p in info.partitions}
+    ends = {p: info.high[p] for p in info.partitions}
+    done = set() if follow else {p for p in info.partitions if pos[p] >= ends[p]}
+    generation = dict.fromkeys(info.partitions, 0)
+    total = sum(max(0, ends[p] - pos[p]) for p in info.partitions)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="rec", unit_scale=True, desc=f"backfill {config.name}")
+
+    shared = _Shared()
+    work: queue.Queue[_Batch | None] = queue.Queue(maxsize=QUEUE_BATCHES)
+    ingestor = Ingestor(target, keys)
+    writer = threading.Thread(
+        target=_write_loop, args=(ingestor, work, shared, bar, on_batch), daemon=True
+    )
+    started = time.monotonic()
+    writer.start()
+    try:
+        active = [p for p in info.partitions if p not in done]
+        if active:
+            source.assign({p: pos[p] for p in active})
+        while (follow or len(done) < len(info.partitions)) and not should_stop():
+            if shared.error is not None:
+                break
+            _apply_refusals(source, shared, pos, generation)
+            records = source.poll_records(config.batch_size * 4, 0.2)
+            if not records:
+                if not follow:
+                    _mark_done_by_position(source, pos, ends, done, info.partitions)
+                continue
+            by_partition: dict[int, list] = {}
+            for record in records:
+                by_partition.setdefault(record.partition, []).append(record)
+            for p, recs in by_partition.items():
+                if p in done:
+                    continue
+                if not follow and recs[-1].offset >= ends[p]:
+                    recs = [r for r in recs if r.offset < ends[p]]
+                if recs:
+                    _check_sequence(p, pos[p], recs, gaps_allowed, config.kafka.topic)
+                    for i in range(0, len(recs), config.batch_size):
+                        chunk = recs[i : i + config.batch_size]
+                        _enqueue(work, shared, ingestor, p, generation[p], pos[p], chunk)
+                        pos[p] = chunk[-1].offset + 1
+                if not follow and pos[p] >= ends[p]:
+                    done.add(p)
+                    source.pause([p])
+    finally:
+        while writer.is_alive():
+            try:
+                work.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        writer.join()
+        if bar is not None:
+            bar.close()
+    if shared.error is not None:
+        raise shared.error
+    _, frontiers = read_state(target, keys)
+    return BackfillSummary(
+        stream=config.name,
+        client=source.client_name,
+        records=shared.records,
+        bytes=shared.nbytes,
+        seconds=time.monotonic() - started,
+        refused=shared.refused_batches,
+        frontier=frontiers,
+    )
+
+
+def _check_sequence(p: int, read_from: int, recs: list, gaps_allowed: bool, topic: str) -> None:
+    """Offsets must increase; on a topic that is neither compacted nor transactional they must
+    also be dense, so a record a client skipped is an error, never a silent loss."""
+    expected = read_from
+    for r in recs:
+        if r.offset < expected or (not gaps_allowed and r.offset != expected):
+            raise IntegrityError(
+                f"partition {p} of {topic!r}: expected offset {expected} but the Kafka client "
+                f"delivered {r.offset}; the topic is neither compacted nor declared transactional, "
+                "so records would be skipped. Nothing after the frontier was written; rerun "
+                "(resumes at the frontier) or set kafka.transactional: true if the topic is "
+                "written by transactional producers"
+            )
+        expected = r.offset + 1
+
+
+def _mark_done_by_position(source, pos, ends, done, partitions) -> None:
+    """A partition whose tail is transaction markers never delivers its last offset; the
+    consumer position tells when it is past the end."""
+    for p in partitions:
+        if p not in done and source.position(p) >= ends[p]:
+            done.add(p)
+            pos[p] = max(pos[p], ends[p])
+            source.pause([p])
+
+
+def _enqueue(work, shared, ingestor, p, gen, read_from, chunk) -> None:
+    nbytes = 0
+    for r in chunk:
+        nbytes += len(r.value or b"") + len(r.key or b"")
+    batch = _Batch(
+        p,
+        gen,
+        read_from,
+        ingestor.batch_args(p, read_from, chunk),
+        len(chunk),
+        nbytes,
+        chunk[-1].offset + 1 - read_from,
+    )
+    while True:
+        if shared.error is not None:
+            return
+        try:
+            work.put(batch, timeout=0.5)
+            return
+        except queue.Full:
+            continue
+
+
+def _apply_refusals(source, shared, pos, generation) -> None:
+    if not shared.refused:
+        return
+    with shared.lock:
+        refused, shared.refused = shared.refused, {}
+    for p, (gen, frontier) in refused.items():
+        if gen == generation[p]:
+            generation[p] += 1
+            pos[p] = frontier + 1
+            source.seek(p, frontier + 1)
+
+
+def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_batch) -> None:
+    try:
+        finished = False
+        while not finished:
+            batches = [work.get()]
+            while len(batches) < PIPELINE_BATCHES:
+                try:
+                    batches.append(work.get_nowait())
+                except queue.Empty:
+                    break
+            if batches[-1] is None:
+                batches.pop()
+                finished = True
+            if not batches:
+                continue
+            pipe = ingestor.client.pipeline(transaction=False)
+            for b in batches:
+                ingestor.call(b.partition, b.args, pipe)
+            replies = pipe.execute(raise_on_error=False)
+            for b, reply in zip(batches, replies, strict=True):
+                if isinstance(reply, redis.ResponseError):
+                    raise script_error(reply)
+                if isinstance(reply, Exception):
+                    raise reply
+                result = parse_reply(b.partition, reply)
+                if result.refused:
+                    with shared.lock:
+                        shared.refused_batches += 1
+                        shared.refused[b.partition] = (b.generation, result.frontier)
+                    continue
+                shared.records += result.appended
+                if result.appended:
+                    shared.nbytes += b.nbytes * result.appended // b.count
+                if bar is not None:
+                    bar.update(b.progress)
+                if on_batch is not None:
+                    on_batch(b.partition, result.frontier)
+    except BaseException as exc:  # surfaced by the reader thread
+        shared.error = exc
