@@ -1,0 +1,131 @@
+"""The ``ferry`` command: one function per verb, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from ferry.config import CLIENTS, load_config
+from ferry.errors import FerryError
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from ferry import services
+
+    folder = Path(args.folder).resolve() / "services" if args.folder else None
+    if args.action == "up":
+        s = services.start_services(folder)
+        print(f"kafka  {s.kafka_bootstrap}  (Tansu, pid {s.kafka_pid})")
+        print(f"redis  {s.redis_url}  ({s.redis_kind}, pid {s.redis_pid})")
+        print(f"logs   {s.folder}")
+    elif args.action == "down":
+        print("stopped" if services.stop_services(folder) else "nothing was running")
+    else:
+        status = services.service_status(folder)
+        print(json.dumps(status, indent=2))
+        return 0 if status["kafka"] == "up" and status["redis"] == "up" else 1
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from ferry.mirror import backfill
+
+    config = load_config(args.stream)
+    stop = {"flag": False}
+
+    def request_stop(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    if args.follow:
+        signal.signal(signal.SIGINT, request_stop)
+    summary = backfill(
+        config,
+        follow=args.follow,
+        client=args.client,
+        progress=not args.no_progress,
+        should_stop=lambda: stop["flag"],
+    )
+    print(json.dumps(summary.as_json()))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ferry.validate import validate_stream
+
+    report = validate_stream(load_config(args.stream), client=args.client)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def format_report(report) -> str:
+    head = ("partition", "kafka", "redis", "missing", "dup", "order", "mismatch", "extra", "gaps")
+    lines = [f"{report.stream}: topic {report.topic} -> {', '.join(report.stream_keys)}"]
+    lines.append("  ".join(f"{h:>9}" for h in head))
+    for p in report.partitions:
+        row = (
+            p.partition, p.kafka_count, p.redis_count, p.missing, p.duplicates,
+            p.out_of_order, p.mismatched, p.extra, p.unexplained_gaps,
+        )  # fmt: skip
+        lines.append("  ".join(f"{v:>9}" for v in row))
+    lines.append(
+        "OK: every invariant holds" if report.ok else "FAILED:\n  " + "\n  ".join(report.failures())
+    )
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ferry.demo import run_demo
+
+    return run_demo(records=args.records, partitions=args.partitions)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferry", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("services", help="start, stop or show the embedded Kafka and Redis")
+    s.add_argument("action", choices=("up", "down", "status"))
+    s.add_argument("--folder", help="state and logs folder (default $FERRY_HOME or .ferry)")
+    s.set_defaults(func=cmd_services)
+
+    b = sub.add_parser("backfill", help="copy a topic into its stream from the frontier")
+    b.add_argument("stream", help="stream name (runbook/streams/NAME.yaml) or config path")
+    b.add_argument("--follow", action="store_true", help="keep tailing after catching up")
+    b.add_argument("--client", choices=CLIENTS, help="override kafka.client")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_backfill)
+
+    v = sub.add_parser("validate", help="compare Kafka and the stream, per partition")
+    v.add_argument("stream", help="stream name or config path")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--client", choices=CLIENTS, help="read Kafka with this client")
+    v.set_defaults(func=cmd_validate)
+
+    d = sub.add_parser("demo", help="seed, backfill and validate a demo topic on embedded services")
+    d.add_argument("--records", type=int, default=200_000)
+    d.add_argument("--partitions", type=int, default=6)
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FerryError as exc:
+        print(f"ferry: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The validation core: re-read Kafka and scan Redis independently, compare per partition.
+
+For each partition p the Kafka range is ``[start[p], frontier[p]]`` from the migration state.
+Nothing here trusts the mirror: Kafka is read with a fresh consumer, Redis with XRANGE.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import redis
+from ferry.config import StreamConfig
+from ferry.entries import KafkaRecord, entry_to_record, record_digest
+from ferry.errors import FerryError, KafkaError
+from ferry.ingest import MigrationKeys, migration_keys, read_state
+from ferry.kafka_source import KafkaSource, open_source
+from ferry.redis_target import connect_redis
+
+SCAN_COUNT = 10_000
+STALL_TIMEOUT_S = 30.0
+
+# The JSON keys of one partition's row, documented in the README.
+COUNTERS = ("missing", "duplicates", "out_of_order", "mismatched", "extra", "unexplained_gaps")
+
+
+@dataclass(frozen=True)
+class PartitionReport:
+    partition: int
+    start: int
+    frontier: int
+    kafka_count: int
+    redis_count: int
+    missing: int
+    duplicates: int
+    out_of_order: int
+    mismatched: int
+    extra: int
+    unexplained_gaps: int
+    first_missing: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(getattr(self, name) == 0 for name in COUNTERS) and (
+            self.kafka_count == self.redis_count
+        )
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    stream: str
+    topic: str
+    stream_keys: tuple[str, ...]
+    client: str
+    partitions: tuple[PartitionReport, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.partitions)
+
+    def failures(self) -> list[str]:
+        """One line per failing partition, naming the partition and what failed."""
+        out = []
+        for p in self.partitions:
+            if not p.ok:
+                bad = [f"{n}={getattr(p, n)}" for n in COUNTERS if getattr(p, n)]
+                if p.kafka_count != p.redis_count:
+                    bad.append(f"kafka_count={p.kafka_count} redis_count={p.redis_count}")
+                if p.first_missing is not None:
+                    bad.append(f"first missing offset {p.first_missing}")
+                out.append(f"partition {p.partition}: " + ", ".join(bad))
+        return out
+
+    def as_json(self) -> dict:
+        totals = {n: sum(getattr(p, n) for p in self.partitions) for n in COUNTERS}
+        return {
+            "stream": self.stream,
+            "topic": self.topic,
+            "stream_keys": list(self.stream_keys),
+            "client": self.client,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "kafka_count": sum(p.kafka_count for p in self.partitions),
+            "redis_count": sum(p.redis_count for p in self.partitions),
+            **totals,
+            "partitions": [asdict(p) for p in self.partitions],
+        }
+
+
+class _RedisSide:
+    """What the stream holds for one partition, gathered while scanning."""
+
+    def __init__(self) -> None:
+        self.digests: dict[int, bytes] = {}
+        self.count = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.last = -1
+
+
+def scan_stream(client: redis.Redis, key: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+    """Every entry of a stream, in ID order, read in chunks."""
+    lower = "-"
+    while True:
+        chunk = client.xrange(key, min=lower, max="+", count=SCAN_COUNT)
+        yield from chunk
+        if len(chunk) < SCAN_COUNT:
+            return
+        lower = "(" + chunk[-1][0].decode()
+
+
+def scan_redis(
+    client: redis.Redis, keys: MigrationKeys, partitions: list[int]
+) -> dict[int, _RedisSide]:
+    sides = {p: _RedisSide() for p in partitions}
+    for key in keys.streams(partitions):
+        for _id, fields in scan_stream(client, key):
+            try:
+                record = entry_to_record(fields)
+            except ValueError as exc:
+                raise FerryError(f"stream {key} entry {_id.decode()}: {exc}") from exc
+            side = sides.setdefault(record.partition, _RedisSide())
+            side.count += 1
+            if record.offset in side.digests:
+                side.duplicates += 1
+            else:
+                side.digests[record.offset] = record_digest(record)
+            if record.offset <= side.last:
+                side.out_of_order += 1
+            side.last = max(side.last, record.offset)
+    return sides
+
+
+def read_kafka_range(
+    source: KafkaSource, ranges: dict[int, tuple[int, int]]
+) -> Iterator[KafkaRecord]:
+    """Every record Kafka holds in ``[first, last]`` per partition, in order per partition."""
+    todo = {p: r for p, r in ranges.items() if r[1] >= r[0]}
+    if not todo:
+        return
+    source.assign({p: first for p, (first, _) in todo.items()})
+    last_progress = time.monotonic()
+    while todo:
+        records = source.poll_records(20_000, 0.2)
+        if records:
+            last_progress = time.monotonic()
+        for record in records:
+            rng = todo.get(record.partition)
+            if rng is None:
+                continue
+            if record.offset <= rng[1]:
+                yield record
+            if record.offset >= rng[1]:
+                del todo[record.partition]
+                source.pause([record.partition])
+        if not records:
+            for p in list(todo):
+                if source.position(p) > todo[p][1]:
+                    del todo[p]
+                    source.pause([p])
+            if todo and time.monotonic() - last_progress > STALL_TIMEOUT_S:
+                raise KafkaError(
+                    f"Kafka delivered nothing for {STALL_TIMEOUT_S:.0f}s while reading partitions "
+                    f"{sorted(todo)}; expected offsets up to "
+                    + ", ".join(f"{p}:{todo[p][1]}" for p in sorted(todo))
+                )
+
+
+def validate_stream(
+    config: StreamConfig,
+    *,
+    client: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ValidationReport:
+    """Compare the Kafka range ``[start, frontier]`` with the stream, partition by partition."""
+    began = time.monotonic()
+    target = connect_redis(config)
+    keys = migration_keys(config)
+    starts, frontiers = read_state(target, keys)
+    source = open_source(config, client)
+    try:
+        info = source.describe_topic()
+        partitions = list(info.partitions)
+        if not starts:
+            raise FerryError(
+                f"stream {config.name!r} was never backfilled: no migration state at {keys.state}"
+            )
+        sides = scan_redis(target, keys, partitions)
+        gaps_allowed = info.compacted or config.kafka.transactional
+        ranges = {p: (starts[p], frontiers[p]) for p in partitions}
+        seen = {p: 0 for p in partitions}
+        missing = dict.fromkeys(partitions, 0)
+        mismatched = dict.fromkeys(partitions, 0)
+        gaps = dict.fromkeys(partitions, 0)
+        first_missing: dict[int, int] = {}
+        matched: dict[int, set[int]] = {p: set() for p in partitions}
+        expected = {p: starts[p] for p in partitions}
+        for record in read_kafka_range(source, ranges):
+            p = record.partition
+            seen[p] += 1
+            if record.offset != expected[p] and not gaps_allowed:
+                gaps[p] += 1
+            expected[p] = record.offset + 1
+            digest = sides[p].digests.get(record.offset)
+            if digest is None:
+                missing[p] += 1
+                first_missing.setdefault(p, record.offset)
+            else:
+                matched[p].add(record.offset)
+                if digest != record_digest(record):
+                    mismatched[p] += 1
+            if on_progress is not None:
+                on_progress(1)
+        rows = []
+        for p in partitions:
+            side = sides[p]
+            rows.append(
+                PartitionReport(
+                    partition=p,
+                    start=starts[p],
+                    frontier=frontiers[p],
+                    kafka_count=seen[p],
+                    redis_count=side.count,
+                    missing=missing[p],
+                    duplicates=side.duplicates,
+                    out_of_order=side.out_of_order,
+                    mismatched=mismatched[p],
+                    extra=len(side.digests) - len(matched[p]),
+                    unexplained_gaps=gaps[p],
+                    first_missing=first_missing.get(p),
+                )
+            )
+        return ValidationReport(
+            stream=config.name,
+            topic=config.kafka.topic,
+            stream_keys=tuple(keys.streams(partitions)),
+            client=source.client_name,
+            partitions=tuple(rows),
+            seconds=time.monotonic() - began,
+        )
+    finally:
+        source.close()
