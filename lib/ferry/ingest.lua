@@ -14,17 +14,22 @@ local fr = tonumber(fr_s)
 if tonumber(ARGV[2]) > fr + 1 then
   return {0, fr_s, 1}
 end
-local lastms_key = 'lastms:' .. stream
-local lastms_s = redis.call('HGET', state, lastms_key) or '0'
-local lastms = tonumber(lastms_s)
+-- Validate the whole batch before the first write: a script error does not undo writes.
 local prev = -1
-local n = 0
 for i = 3, #ARGV, 6 do
   local off = tonumber(ARGV[i])
-  if off <= prev then
+  local ts = tonumber(ARGV[i + 1])
+  if off == nil or ts == nil or off <= prev then
     return redis.error_reply('FERRY_ORDER offsets not increasing in batch for partition ' .. p .. ' at ' .. ARGV[i])
   end
   prev = off
+end
+local lastms_key = 'lastms:' .. stream
+local lastms_s = redis.call('HGET', state, lastms_key) or '0'
+local lastms = tonumber(lastms_s)
+local n = 0
+for i = 3, #ARGV, 6 do
+  local off = tonumber(ARGV[i])
   if off > fr then
     local ts = tonumber(ARGV[i + 1])
     if ts > lastms then

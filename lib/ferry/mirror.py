@@ -25,6 +25,7 @@ from ferry.ingest import (
     script_error,
 )
 from ferry.kafka_source import KafkaSource, TopicInfo, open_source
+from ferry.positions import find_offset_for_time, first_record_at
 from ferry.redis_target import check_target, connect_redis
 
 PIPELINE_BATCHES = 8
@@ -84,8 +85,17 @@ def choose_starts(config: StreamConfig, source: KafkaSource, info: TopicInfo) ->
     ts = config.start.timestamp_ms(int(time.time() * 1000))
     if ts is None:
         return dict(info.low)
-    found = source.offsets_for_time(ts)
-    return {p: max(found[p], info.low[p]) for p in info.partitions}
+    hints = source.offsets_for_time(ts)
+    return {
+        p: find_offset_for_time(
+            lambda o, p=p: first_record_at(source, p, o, info.high[p]),
+            info.low[p],
+            info.high[p],
+            ts,
+            hints.get(p),
+        )
+        for p in info.partitions
+    }
 
 
 def check_resumable(info: TopicInfo, frontiers: dict[int, int]) -> None:

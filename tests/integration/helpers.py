@@ -1,0 +1,72 @@
+"""Independent readers of both sides, used to check what the mirror did."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from ferry.entries import KafkaRecord, entry_to_record
+from ferry.seed import SeedRecord
+
+
+def read_redis_records(client: redis.Redis, stream: str) -> list[tuple[bytes, KafkaRecord]]:
+    """Every entry of the stream (ID, record), in stream order, with one plain XRANGE."""
+    return [(entry_id, entry_to_record(fields)) for entry_id, fields in client.xrange(stream)]
+
+
+def by_partition(records) -> dict[int, list[KafkaRecord]]:
+    out: dict[int, list[KafkaRecord]] = defaultdict(list)
+    for r in records:
+        out[r.partition].append(r)
+    return dict(out)
+
+
+def expected_records(seeded: list[SeedRecord]) -> dict[int, list[KafkaRecord]]:
+    """What Kafka must hold: one producer, in order, so offsets are 0.. per partition."""
+    out: dict[int, list[KafkaRecord]] = defaultdict(list)
+    for s in seeded:
+        part = out[s.partition]
+        part.append(KafkaRecord(s.partition, len(part), s.timestamp_ms, s.key, s.value, s.headers))
+    return dict(out)
+
+
+def read_kafka_raw(bootstrap: str, topic: str, partitions: int) -> dict[int, list[KafkaRecord]]:
+    """Read every partition to its end with a bare confluent consumer (EOF by fetch)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "test-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 5,
+            "auto.offset.reset": "error",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: dict[int, list[KafkaRecord]] = defaultdict(list)
+    ended: set[int] = set()
+    try:
+        for _ in range(10_000):
+            if len(ended) == partitions:
+                break
+            for m in consumer.consume(10_000, 0.5):
+                if m.error():
+                    assert m.error().code() == -191, m.error()
+                    ended.add(m.partition())
+                    continue
+                out[m.partition()].append(
+                    KafkaRecord(
+                        m.partition(),
+                        m.offset(),
+                        m.timestamp()[1],
+                        m.key(),
+                        m.value(),
+                        tuple(m.headers() or ()),
+                    )
+                )
+        assert len(ended) == partitions, f"only partitions {ended} reached their end"
+    finally:
+        consumer.close()
+    return dict(out)

@@ -1,0 +1,107 @@
+"""The mirror copies every awkward record byte-identical, in order, exactly once."""
+
+from datetime import UTC, datetime
+
+import pytest
+from ferry.entries import entry_id_ms
+from ferry.ingest import migration_keys, read_state
+from ferry.mirror import backfill
+from ferry.seed import BASE_TS_MS, SeedRecord, awkward_records, payment_events
+from ferry.validate import validate_stream
+
+from .helpers import by_partition, expected_records, read_kafka_raw, read_redis_records
+
+PARTITIONS = 4  # the last one stays empty
+
+
+def awkward_topic():
+    records = awkward_records(PARTITIONS)
+    records += list(payment_events(3000, PARTITIONS - 1))
+    return records
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_awkward_records_round_trip(make_stream, redis_client, client):
+    stream = make_stream(awkward_topic(), partitions=PARTITIONS, client=client)
+    summary = backfill(stream.config, progress=False)
+    assert summary.records == len(stream.records)
+
+    expected = expected_records(stream.records)
+    kafka = read_kafka_raw(stream.bootstrap, stream.config.kafka.topic, PARTITIONS)
+    entries = read_redis_records(redis_client, stream.config.redis.stream)
+    redis_side = by_partition(r for _, r in entries)
+
+    assert kafka == expected  # the broker holds what was produced
+    assert redis_side == expected  # byte-identical, in offset order, exactly once
+    assert PARTITIONS - 1 not in redis_side  # the empty partition stays empty
+
+    ids = [entry_id for entry_id, _ in entries]
+    assert len(set(ids)) == len(ids)
+    for entry_id, record in entries:  # ID = max(timestamp, last id): close to event time
+        assert entry_id_ms(entry_id) >= record.timestamp_ms
+    backwards = [r for _, r in entries if r.key in (b"back-1", b"back-2")]
+    assert [r.timestamp_ms for r in backwards] == [
+        BASE_TS_MS + 5_000 - 60_000,
+        BASE_TS_MS + 5_000 - 120_000,
+    ]
+
+    big = next(r for r in redis_side[0] if r.key == b"big")
+    assert len(big.value) == 900_000
+
+    report = validate_stream(stream.config, client=client)
+    assert report.ok, report.failures()
+    assert sum(p.kafka_count for p in report.partitions) == len(stream.records)
+
+
+def test_finished_backfill_writes_nothing_again(make_stream, redis_client):
+    stream = make_stream(list(payment_events(5000, 3)), partitions=3)
+    first = backfill(stream.config, progress=False)
+    key = stream.config.redis.stream
+    before = (redis_client.xlen(key), redis_client.xinfo_stream(key)["last-generated-id"])
+    second = backfill(stream.config, progress=False)
+    assert (first.records, second.records) == (5000, 0)
+    assert (redis_client.xlen(key), redis_client.xinfo_stream(key)["last-generated-id"]) == before
+
+
+def test_backfill_continues_with_new_records(make_stream, redis_client):
+    from ferry.seed import produce_records
+
+    stream = make_stream(list(payment_events(1000, 2)), partitions=2)
+    backfill(stream.config, progress=False)
+    more = [
+        SeedRecord(p, b"late", b"late %d" % i, (), BASE_TS_MS + 10**6 + i)
+        for i in range(50)
+        for p in (0, 1)
+    ]
+    produce_records(stream.bootstrap, stream.config.kafka.topic, more)
+    summary = backfill(stream.config, progress=False)
+    assert summary.records == 100
+    assert validate_stream(stream.config).ok
+
+
+def test_per_partition_layout(make_stream, redis_client):
+    stream = make_stream(list(payment_events(2000, 3)), partitions=3, layout="per-partition")
+    backfill(stream.config, progress=False)
+    expected = expected_records(stream.records)
+    for p in range(3):
+        key = f"{stream.config.redis.stream}:{p}"
+        assert [r for _, r in read_redis_records(redis_client, key)] == expected[p]
+    assert not redis_client.exists(stream.config.redis.stream)
+    assert validate_stream(stream.config).ok
+
+
+def test_start_by_timestamp_is_exact(make_stream, redis_client):
+    # one producer batch: the broker's own timestamp lookup cannot tell these records apart
+    records = [SeedRecord(0, b"k", b"v%d" % i, (), BASE_TS_MS + i * 1000) for i in range(20)]
+    records += [SeedRecord(1, b"k", b"w%d" % i, (), BASE_TS_MS + i * 1000) for i in range(5)]
+    start = datetime.fromtimestamp((BASE_TS_MS + 12_500) / 1000, UTC).isoformat()
+    stream = make_stream(records, partitions=3, extra={"start": start})
+    summary = backfill(stream.config, progress=False)
+    starts, frontiers = read_state(redis_client, migration_keys(stream.config))
+    # partition 0: first record at or after +12.5 s is offset 13; partitions 1 and 2 have none
+    assert starts == {0: 13, 1: 5, 2: 0}
+    assert frontiers == {0: 19, 1: 4, 2: -1}
+    assert summary.records == 7
+    values = [r.value for _, r in read_redis_records(redis_client, stream.config.redis.stream)]
+    assert values == [b"v%d" % i for i in range(13, 20)]
+    assert validate_stream(stream.config).ok

@@ -1,0 +1,138 @@
+import textwrap
+
+import pytest
+from ferry.config import SecretRef, load_config, parse_config, parse_start
+from ferry.errors import ConfigError
+
+
+def doc(**overrides):
+    base = {
+        "name": "payments",
+        "kafka": {"bootstrap_servers": "k1:9092", "topic": "payments"},
+        "redis": {"url": "redis://r1:6379/0"},
+    }
+    base.update(overrides)
+    return base
+
+
+def test_minimal_config_has_safe_defaults():
+    config = parse_config(doc(), "p.yaml")
+    assert config.kafka.client == "confluent"
+    assert config.redis.stream == "{payments}:stream"
+    assert config.redis.layout == "merged"
+    assert config.start.kind == "earliest"
+    assert config.hash_tag == "{payments}"
+
+
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        ({"name": "bad name!"}, "name", "letters"),
+        ({"kafka": {"topic": "x"}}, "kafka.bootstrap_servers", "required"),
+        (
+            {"kafka": {"bootstrap_servers": "k", "topic": "x", "client": "java"}},
+            "kafka.client",
+            "not one of",
+        ),
+        ({"kafka": {"bootstrap_servers": "k", "topic": 5}}, "kafka.topic", "expected str"),
+        (
+            {"kafka": {"bootstrap_servers": "k", "topic": "x", "tpoic": "y"}},
+            "kafka",
+            "unknown field(s): tpoic",
+        ),
+        ({"redis": {"url": "http://r"}}, "redis.url", "redis://"),
+        ({"redis": {"url": "redis://:hunter2@r:6379"}}, "redis.url", "carries a password"),
+        (
+            {"redis": {"url": "redis://r", "stream": "payments"}},
+            "redis.stream",
+            "hash tag {payments}",
+        ),
+        ({"redis": {"url": "redis://r", "layout": "sharded"}}, "redis.layout", "not one of"),
+        ({"redis": {"url": "redis://r", "password": "hunter2"}}, "redis.password", "inline"),
+        (
+            {"redis": {"url": "redis://r", "password": {"env": "A", "file": "/b"}}},
+            "redis.password",
+            "exactly one",
+        ),
+        (
+            {"redis": {"url": "redis://r", "password": {"vault": "x"}}},
+            "redis.password",
+            "unknown field(s): vault",
+        ),
+        ({"start": "yesterday"}, "start", "not 'earliest'"),
+        ({"start": "0d"}, "start", "positive"),
+        ({"start": "2026-11-01T00:00:00"}, "start", "time zone"),
+        ({"batch_size": 0}, "batch_size", "outside"),
+        ({"batch_size": True}, "batch_size", "expected int"),
+        ({"colour": "blue"}, "(top level)", "unknown field(s): colour"),
+    ],
+)
+def test_errors_name_file_field_and_problem(overrides, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc(**overrides), "streams/p.yaml")
+    message = str(info.value)
+    assert message.startswith("streams/p.yaml: ")
+    assert field in message
+    assert words in message
+
+
+def test_sasl_needs_credentials():
+    kafka = {"bootstrap_servers": "k", "topic": "x", "security": {"protocol": "SASL_SSL"}}
+    with pytest.raises(ConfigError, match="kafka.security: protocol SASL_SSL needs"):
+        parse_config(doc(kafka=kafka), "f.yaml")
+
+
+def test_secret_refs_resolve_from_env_and_file(tmp_path, monkeypatch):
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("FERRY_TEST_PW", "from-env")
+    assert SecretRef(env="FERRY_TEST_PW").resolve() == "from-env"
+    assert SecretRef(file=str(secret)).resolve() == "from-file"
+    assert str(SecretRef(env="FERRY_TEST_PW")) == "env:FERRY_TEST_PW"  # never the value
+    with pytest.raises(ConfigError, match="NOPE_NOT_SET"):
+        SecretRef(env="NOPE_NOT_SET").resolve()
+    with pytest.raises(ConfigError, match="cannot be read"):
+        SecretRef(file=str(tmp_path / "missing")).resolve()
+
+
+@pytest.mark.parametrize(
+    "text, kind, millis",
+    [
+        ("earliest", "earliest", 0),
+        ("7d", "age", 7 * 86_400_000),
+        ("36h", "age", 36 * 3_600_000),
+        ("90s", "age", 90_000),
+        ("2026-11-01T00:00:00Z", "timestamp", 1_793_491_200_000),
+        ("2026-11-01T01:00:00+01:00", "timestamp", 1_793_491_200_000),
+    ],
+)
+def test_start_positions(text, kind, millis):
+    start = parse_start(text)
+    assert (start.kind, start.millis) == (kind, millis)
+
+
+def test_start_timestamp_lookup():
+    assert parse_start("earliest").timestamp_ms(1000) is None
+    assert parse_start("1s").timestamp_ms(5000) == 4000
+    assert parse_start("1970-01-01T00:00:02Z").timestamp_ms(99) == 2000
+
+
+def test_load_by_name_and_path(tmp_path, monkeypatch):
+    streams = tmp_path / "runbook" / "streams"
+    streams.mkdir(parents=True)
+    (streams / "orders.yaml").write_text(
+        textwrap.dedent("""
+        name: orders
+        kafka: {bootstrap_servers: embedded, topic: orders}
+        redis: {url: embedded}
+        start: 7d
+    """)
+    )
+    monkeypatch.chdir(tmp_path)
+    assert load_config("orders").name == "orders"
+    assert load_config(streams / "orders.yaml").start.kind == "age"
+    with pytest.raises(ConfigError, match="known streams: orders"):
+        load_config("nope")
+    (streams / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config("broken")
