@@ -51,7 +51,7 @@ class KafkaPythonSource:
                 fetch_max_bytes=64 * 1024 * 1024,
                 bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
             )
-        except kerr.NoBrokersAvailable as exc:
+        except kerr.KafkaError as exc:
             raise KafkaError(
                 f"cannot reach Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
             ) from exc

@@ -1,0 +1,121 @@
+"""The validation core finds every kind of damage, and names the partition."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+from ferry.entries import FIELDS, record_args
+from ferry.mirror import backfill
+from ferry.seed import payment_events
+from ferry.validate import validate_stream
+
+from .helpers import read_redis_records
+
+
+def seeded(make_stream, redis_client, n=3000, partitions=3):
+    stream = make_stream(list(payment_events(n, partitions)), partitions=partitions)
+    backfill(stream.config, progress=False)
+    entries = read_redis_records(redis_client, stream.config.redis.stream)
+    return stream, entries
+
+
+def entry_fields(record):
+    offset, ts, flags, key, value, headers = record_args(record)
+    return dict(
+        zip(FIELDS, [record.partition, offset, ts, flags, key, value, headers], strict=True)
+    )
+
+
+def test_clean_copy_passes(make_stream, redis_client):
+    stream, entries = seeded(make_stream, redis_client)
+    report = validate_stream(stream.config)
+    assert report.ok and report.failures() == []
+    assert sum(p.redis_count for p in report.partitions) == len(entries) == 3000
+
+
+def test_deleted_entry_is_missing(make_stream, redis_client):
+    stream, entries = seeded(make_stream, redis_client)
+    entry_id, victim = entries[1234]
+    redis_client.xdel(stream.config.redis.stream, entry_id)
+    report = validate_stream(stream.config)
+    assert not report.ok
+    row = report.partitions[victim.partition]
+    assert (row.missing, row.first_missing, row.kafka_count - row.redis_count) == (
+        1,
+        victim.offset,
+        1,
+    )
+    assert report.failures() == [
+        f"partition {victim.partition}: missing=1, kafka_count={row.kafka_count} "
+        f"redis_count={row.redis_count}, first missing offset {victim.offset}"
+    ]
+
+
+def test_duplicate_entry_is_found(make_stream, redis_client):
+    stream, entries = seeded(make_stream, redis_client)
+    _, victim = entries[10]
+    redis_client.xadd(stream.config.redis.stream, entry_fields(victim))
+    row = validate_stream(stream.config).partitions[victim.partition]
+    assert (row.duplicates, row.out_of_order, row.missing, row.mismatched) == (1, 1, 0, 0)
+
+
+def test_altered_value_is_mismatched(make_stream, redis_client):
+    stream, entries = seeded(make_stream, redis_client)
+    entry_id, victim = entries[-1]
+    redis_client.xdel(stream.config.redis.stream, entry_id)
+    redis_client.xadd(
+        stream.config.redis.stream, entry_fields(victim._replace(value=victim.value + b" "))
+    )
+    row = validate_stream(stream.config).partitions[victim.partition]
+    assert (row.mismatched, row.missing, row.duplicates) == (1, 0, 0)
+
+
+def test_entry_that_kafka_never_had_is_extra(make_stream, redis_client):
+    stream, entries = seeded(make_stream, redis_client)
+    _, last = entries[-1]
+    redis_client.xadd(stream.config.redis.stream, entry_fields(last._replace(offset=10**9)))
+    row = validate_stream(stream.config).partitions[last.partition]
+    assert (row.extra, row.missing, row.ok) == (1, 0, False)
+
+
+def test_cli_json_and_exit_status(make_stream, redis_client, tmp_path):
+    stream, entries = seeded(make_stream, redis_client, n=500, partitions=2)
+    config_file = tmp_path / "s.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": stream.config.name,
+                "kafka": {
+                    "bootstrap_servers": stream.bootstrap,
+                    "topic": stream.config.kafka.topic,
+                },
+                "redis": {"url": stream.services.redis_url},
+            }
+        )
+    )
+    cmd = [sys.executable, "-m", "ferry.cli", "validate", str(config_file), "--json"]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ)
+    assert ok.returncode == 0, ok.stderr
+    body = json.loads(ok.stdout)
+    assert (body["ok"], body["kafka_count"], body["redis_count"], body["missing"]) == (
+        True,
+        500,
+        500,
+        0,
+    )
+    assert {
+        "partition",
+        "kafka_count",
+        "redis_count",
+        "missing",
+        "duplicates",
+        "out_of_order",
+        "mismatched",
+        "unexplained_gaps",
+    } <= set(body["partitions"][0])
+    redis_client.xdel(stream.config.redis.stream, entries[0][0])
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["missing"] == 1
