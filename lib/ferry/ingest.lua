@@ -27,6 +27,7 @@ end
 local lastms_key = 'lastms:' .. stream
 local lastms_s = redis.call('HGET', state, lastms_key) or '0'
 local lastms = tonumber(lastms_s)
+local id = lastms_s .. '-*'
 local n = 0
 for i = 3, #ARGV, 6 do
   local off = tonumber(ARGV[i])
@@ -35,8 +36,9 @@ for i = 3, #ARGV, 6 do
     if ts > lastms then
       lastms = ts
       lastms_s = ARGV[i + 1]
+      id = lastms_s .. '-*'
     end
-    redis.call('XADD', stream, lastms_s .. '-*', 'p', p, 'o', ARGV[i], 'ts', ARGV[i + 1],
+    redis.call('XADD', stream, id, 'p', p, 'o', ARGV[i], 'ts', ARGV[i + 1],
       'f', ARGV[i + 2], 'k', ARGV[i + 3], 'v', ARGV[i + 4], 'h', ARGV[i + 5])
     fr = off
     fr_s = ARGV[i]

@@ -181,6 +181,7 @@ class ConfluentSource:
         messages = self.consumer.consume(max_records, timeout_s)
         out = []
         append = out.append
+        new = tuple.__new__  # builds the NamedTuple without its Python-level __new__
         for m in messages:
             err = m.error()
             if err is not None:
@@ -200,13 +201,16 @@ class ConfluentSource:
                 continue
             headers = m.headers()
             append(
-                KafkaRecord(
-                    m.partition(),
-                    m.offset(),
-                    m.timestamp()[1],
-                    m.key(),
-                    m.value(),
-                    tuple(headers) if headers else (),
+                new(
+                    KafkaRecord,
+                    (
+                        m.partition(),
+                        m.offset(),
+                        m.timestamp()[1],
+                        m.key(),
+                        m.value(),
+                        tuple(headers) if headers else (),
+                    ),
                 )
             )
         return out

@@ -170,17 +170,21 @@ class KafkaPythonSource:
             raise KafkaError(f"reading {self.topic!r}: {exc}") from exc
         out = []
         append = out.append
+        new = tuple.__new__  # builds the NamedTuple without its Python-level __new__
         for tp, messages in batches.items():
             p = tp.partition
             for m in messages:
                 append(
-                    KafkaRecord(
-                        p,
-                        m.offset,
-                        m.timestamp,
-                        m.key,
-                        m.value,
-                        tuple(m.headers) if m.headers else (),
+                    new(
+                        KafkaRecord,
+                        (
+                            p,
+                            m.offset,
+                            m.timestamp,
+                            m.key,
+                            m.value,
+                            tuple(m.headers) if m.headers else (),
+                        ),
                     )
                 )
         return out

@@ -29,7 +29,11 @@ from ferry.positions import find_offset_for_time, first_record_at
 from ferry.redis_target import check_target, connect_redis
 
 PIPELINE_BATCHES = 8
-QUEUE_BATCHES = 32
+QUEUE_BATCHES = 16
+# Writer threads, each with its own connection and a fixed share of the partitions (p % N),
+# so one packs and sends while Redis executes the other's pipeline; per partition, batches
+# still go out in order.
+WRITERS = 2
 
 
 @dataclass(frozen=True)
@@ -157,13 +161,17 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         bar = tqdm(total=total, unit="rec", unit_scale=True, desc=f"backfill {config.name}")
 
     shared = _Shared()
-    work: queue.Queue[_Batch | None] = queue.Queue(maxsize=QUEUE_BATCHES)
+    queues: list[queue.Queue[_Batch | None]] = [
+        queue.Queue(maxsize=QUEUE_BATCHES) for _ in range(WRITERS)
+    ]
     ingestor = Ingestor(target, keys)
-    writer = threading.Thread(
-        target=_write_loop, args=(ingestor, work, shared, bar, on_batch), daemon=True
-    )
+    writers = [
+        threading.Thread(target=_write_loop, args=(ingestor, q, shared, bar, on_batch), daemon=True)
+        for q in queues
+    ]
     started = time.monotonic()
-    writer.start()
+    for writer in writers:
+        writer.start()
     try:
         active = [p for p in info.partitions if p not in done]
         if active:
@@ -189,19 +197,22 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
                     _check_sequence(p, pos[p], recs, gaps_allowed, config.kafka.topic)
                     for i in range(0, len(recs), config.batch_size):
                         chunk = recs[i : i + config.batch_size]
-                        _enqueue(work, shared, ingestor, p, generation[p], pos[p], chunk)
+                        _enqueue(
+                            queues[p % WRITERS], shared, ingestor, p, generation[p], pos[p], chunk
+                        )
                         pos[p] = chunk[-1].offset + 1
                 if not follow and pos[p] >= ends[p]:
                     done.add(p)
                     source.pause([p])
     finally:
-        while writer.is_alive():
-            try:
-                work.put(None, timeout=0.5)
-                break
-            except queue.Full:
-                continue
-        writer.join()
+        for writer, work in zip(writers, queues, strict=True):
+            while writer.is_alive():
+                try:
+                    work.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            writer.join()
         if bar is not None:
             bar.close()
     if shared.error is not None:
@@ -294,10 +305,7 @@ def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_
                 finished = True
             if not batches:
                 continue
-            pipe = ingestor.client.pipeline(transaction=False)
-            for b in batches:
-                ingestor.call(b.partition, b.args, pipe)
-            replies = pipe.execute(raise_on_error=False)
+            replies = ingestor.call_many([(b.partition, b.args) for b in batches])
             for b, reply in zip(batches, replies, strict=True):
                 if isinstance(reply, redis.ResponseError):
                     raise script_error(reply)
@@ -309,9 +317,10 @@ def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_
                         shared.refused_batches += 1
                         shared.refused[b.partition] = (b.generation, result.frontier)
                     continue
-                shared.records += result.appended
-                if result.appended:
-                    shared.nbytes += b.nbytes * result.appended // b.count
+                with shared.lock:
+                    shared.records += result.appended
+                    if result.appended:
+                        shared.nbytes += b.nbytes * result.appended // b.count
                 if bar is not None:
                     bar.update(b.progress)
                 if on_batch is not None:

@@ -1,0 +1,44 @@
+# Everything runs from a project virtualenv; the first target that needs it creates it.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip -q --disable-pip-version-check
+
+.PHONY: demo test bench lint format services-up services-down clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ferry demo
+
+test: $(VENV)/.dev
+	bash scripts/ensure-redis-server
+	$(PY) -m pytest
+
+bench: $(VENV)/.dev
+	bash scripts/ensure-redis-server
+	$(PY) bench/backfill_bench.py
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check lib tests bench
+	$(VENV)/bin/ruff format --check lib tests bench
+
+format: $(VENV)/.dev
+	$(VENV)/bin/ruff check --fix lib tests bench
+	$(VENV)/bin/ruff format lib tests bench
+
+services-up: $(VENV)/.installed
+	$(VENV)/bin/ferry services up
+
+services-down: $(VENV)/.installed
+	$(VENV)/bin/ferry services down
+
+clean:
+	rm -rf .ferry bench/results
