@@ -28,7 +28,7 @@ from ferry.kafka_source import KafkaSource, TopicInfo, open_source
 from ferry.positions import find_offset_for_time, first_record_at
 from ferry.redis_target import check_target, connect_redis
 
-PIPELINE_BATCHES = 8
+PIPELINE_BATCHES = 4
 QUEUE_BATCHES = 16
 # Writer threads, each with its own connection and a fixed share of the partitions (p % N),
 # so one packs and sends while Redis executes the other's pipeline; per partition, batches

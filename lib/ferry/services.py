@@ -222,6 +222,12 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str, str]:
             str(data),
             "--daemonize",
             "no",
+            # ferry's recommended stream node size: with 512-byte values the default 4 KB
+            # nodes cost ~107 bytes per entry beyond key and value, 64 KB nodes ~39
+            "--stream-node-max-bytes",
+            "65536",
+            "--stream-node-max-entries",
+            "1000",
         ],
         log,
     )

@@ -105,3 +105,65 @@ def test_start_by_timestamp_is_exact(make_stream, redis_client):
     values = [r.value for _, r in read_redis_records(redis_client, stream.config.redis.stream)]
     assert values == [b"v%d" % i for i in range(13, 20)]
     assert validate_stream(stream.config).ok
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_partition_ends_come_from_fetches_not_list_offsets(make_stream, client):
+    # many records per producer batch: Tansu's ListOffsets(latest) answers the last batch's
+    # base offset + 1, which would hide up to a batch per partition
+    from ferry.kafka_source import open_source
+
+    stream = make_stream(list(payment_events(4000, 3)), partitions=3, client=client)
+    expected = expected_records(stream.records)
+    source = open_source(stream.config)
+    try:
+        info = source.describe_topic()
+    finally:
+        source.close()
+    assert info.high == {p: len(expected[p]) for p in range(3)}
+    assert info.low == {0: 0, 1: 0, 2: 0}
+
+
+def test_follow_tails_new_records_until_stopped(make_stream, redis_client):
+    import threading
+
+    from ferry.seed import produce_records
+
+    stream = make_stream(list(payment_events(500, 2)), partitions=2)
+    stop = threading.Event()
+    frontiers: dict[int, int] = {}
+    result = {}
+
+    def run():
+        result["summary"] = backfill(
+            stream.config,
+            follow=True,
+            progress=False,
+            should_stop=stop.is_set,
+            on_batch=lambda p, f: frontiers.__setitem__(p, f),
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        late = [
+            SeedRecord(i % 2, b"live", b"live %d" % i, (), BASE_TS_MS + 10**7 + i)
+            for i in range(300)
+        ]
+        produce_records(stream.bootstrap, stream.config.kafka.topic, late)
+        expected = expected_records(stream.records + late)
+        want = {p: len(expected[p]) - 1 for p in expected}
+        for _ in range(3000):  # watch the frontier reach the end (bounded)
+            if all(frontiers.get(p) == want[p] for p in want):
+                break
+            stop.wait(0.01)
+        assert {p: frontiers.get(p) for p in want} == want
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert result["summary"].records == 800
+    redis_side = by_partition(
+        r for _, r in read_redis_records(redis_client, stream.config.redis.stream)
+    )
+    assert redis_side == expected
