@@ -22,6 +22,7 @@ CLIENTS = ("confluent", "kafka-python")
 LAYOUTS = ("merged", "per-partition")
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+PERSISTENCE = ("any", "aof", "rdb", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -69,6 +70,14 @@ class StartPosition:
 
 
 @dataclass(frozen=True)
+class TrimPolicy:
+    """Retention in the stream: entries older than an age, or beyond a length, are removed."""
+
+    max_age_ms: int | None = None
+    max_len: int | None = None
+
+
+@dataclass(frozen=True)
 class KafkaSettings:
     bootstrap_servers: str
     topic: str
@@ -88,6 +97,7 @@ class RedisSettings:
     layout: str = "merged"
     username: SecretRef | None = None
     password: SecretRef | None = None
+    persistence: str = "any"  # what preflight demands: any | aof | rdb | none
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ class StreamConfig:
     redis: RedisSettings
     start: StartPosition
     batch_size: int = 2000
+    trim: TrimPolicy | None = None
     source: str = field(default="<memory>", compare=False)
 
     @property
@@ -240,6 +251,7 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
         layout=r.get("layout", str, "merged", LAYOUTS),
         username=r.secret("username"),
         password=r.secret("password"),
+        persistence=r.get("persistence", str, "any", PERSISTENCE),
     )
     r.finish()
     top.used.add("start")
@@ -247,8 +259,33 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
     batch_size = top.get("batch_size", int, 2000)
     if not 1 <= batch_size <= 50_000:
         raise top.error(f"{batch_size} is outside 1..50000", "batch_size")
+    trim = _trim(top)
     top.finish()
-    return StreamConfig(name, kafka, redis_settings, start, batch_size, source)
+    return StreamConfig(name, kafka, redis_settings, start, batch_size, trim, source)
+
+
+def _trim(top: _Fields) -> TrimPolicy | None:
+    t = top.child("trim", required=False)
+    if t is None:
+        return None
+    age = t.get("max_age", str, None)
+    length = t.get("max_len", int, None)
+    t.finish()
+    if (age is None) == (length is None):
+        raise top.error("give exactly one of max_age (e.g. '7d') or max_len", "trim")
+    if length is not None:
+        if length < 0:
+            raise t.error(f"{length} must be >= 0", "max_len")
+        return TrimPolicy(max_len=length)
+    return TrimPolicy(max_age_ms=parse_duration_ms(age, f"{t.source}: trim.max_age"))
+
+
+def parse_duration_ms(text: str, where: str = "duration") -> int:
+    """``90s``, ``36h``, ``7d``, ``2w`` ... as milliseconds."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(f"{where}: {text!r} is not a positive duration (units ms, s, m, h, d, w)")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 def _security(k: _Fields) -> dict[str, Any]:

@@ -41,3 +41,7 @@ class NotArmedError(FerryError):
 
 class IntegrityError(FerryError):
     """Something would break an invariant (a hole, a double, an out-of-order write); ferry stopped."""
+
+
+class GateFailed(FerryError):
+    """A runbook step did not achieve what it must; the message names the step's failed checks."""

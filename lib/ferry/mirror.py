@@ -45,6 +45,8 @@ class BackfillSummary:
     seconds: float
     refused: int
     frontier: dict[int, int]
+    ends: dict[int, int]  # each partition's end (high watermark) when the run started
+    complete: bool  # every partition reached its end (never true with follow)
 
     @property
     def msg_per_s(self) -> float:
@@ -60,6 +62,7 @@ class BackfillSummary:
             "msg_per_s": round(self.msg_per_s, 1),
             "mb_per_s": round(self.bytes / self.seconds / 1e6, 2) if self.seconds else 0.0,
             "refused_batches": self.refused,
+            "complete": self.complete,
         }
 
 
@@ -120,12 +123,13 @@ def backfill(
     client: str | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
-    on_batch: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int, int, int], None] | None = None,
 ) -> BackfillSummary:
     """Copy the topic from the configured start (or the frontier) into the stream.
 
     Without ``follow`` it stops at the high watermarks seen when it started; with ``follow``
-    it keeps tailing until ``should_stop()`` returns True.
+    it keeps tailing until ``should_stop()`` returns True. ``on_batch(partition, frontier,
+    appended)`` is called from a writer thread after every accepted batch.
     """
     target = connect_redis(config)
     check_target(target)
@@ -226,6 +230,8 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         seconds=time.monotonic() - started,
         refused=shared.refused_batches,
         frontier=frontiers,
+        ends=ends,
+        complete=not follow and len(done) == len(info.partitions),
     )
 
 
@@ -324,6 +330,6 @@ def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_
                 if bar is not None:
                     bar.update(b.progress)
                 if on_batch is not None:
-                    on_batch(b.partition, result.frontier)
+                    on_batch(b.partition, result.frontier, result.appended)
     except BaseException as exc:  # surfaced by the reader thread
         shared.error = exc

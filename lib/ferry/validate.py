@@ -17,6 +17,7 @@ from ferry.errors import FerryError, KafkaError
 from ferry.ingest import MigrationKeys, migration_keys, read_state
 from ferry.kafka_source import KafkaSource, open_source
 from ferry.redis_target import connect_redis
+from ferry.retention import read_trimmed
 
 SCAN_COUNT = 10_000
 STALL_TIMEOUT_S = 30.0
@@ -39,6 +40,7 @@ class PartitionReport:
     extra: int
     unexplained_gaps: int
     first_missing: int | None = None
+    trimmed_to: int | None = None  # retention removed this partition's entries up to here
 
     @property
     def ok(self) -> bool:
@@ -174,7 +176,8 @@ def validate_stream(
     client: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ValidationReport:
-    """Compare the Kafka range ``[start, frontier]`` with the stream, partition by partition."""
+    """Compare the Kafka range ``[start, frontier]`` with the stream, partition by partition
+    (from just past ``trimmed_to`` where retention removed the oldest entries)."""
     began = time.monotonic()
     target = connect_redis(config)
     keys = migration_keys(config)
@@ -189,14 +192,17 @@ def validate_stream(
             )
         sides = scan_redis(target, keys, partitions)
         gaps_allowed = info.compacted or config.kafka.transactional
-        ranges = {p: (starts[p], frontiers[p]) for p in partitions}
+        trimmed = read_trimmed(target, config)
+        # what retention removed on purpose is not expected in the stream any more
+        first = {p: max(starts[p], trimmed.get(p, -1) + 1) for p in partitions}
+        ranges = {p: (first[p], frontiers[p]) for p in partitions}
         seen = {p: 0 for p in partitions}
         missing = dict.fromkeys(partitions, 0)
         mismatched = dict.fromkeys(partitions, 0)
         gaps = dict.fromkeys(partitions, 0)
         first_missing: dict[int, int] = {}
         matched: dict[int, set[int]] = {p: set() for p in partitions}
-        expected = {p: starts[p] for p in partitions}
+        expected = dict(first)
         for record in read_kafka_range(source, ranges):
             p = record.partition
             seen[p] += 1
@@ -230,6 +236,7 @@ def validate_stream(
                     extra=len(side.digests) - len(matched[p]),
                     unexplained_gaps=gaps[p],
                     first_missing=first_missing.get(p),
+                    trimmed_to=trimmed.get(p),
                 )
             )
         return ValidationReport(
@@ -242,3 +249,60 @@ def validate_stream(
         )
     finally:
         source.close()
+
+
+def sample_rows(
+    config: StreamConfig, size: int = 200, seed: int = 7, client: str | None = None
+) -> list[dict]:
+    """A row-level sample: ``size`` stream entries at random positions, each compared with the
+    record Kafka holds at that (partition, offset). One dict per sampled entry."""
+    import random
+
+    from ferry.entries import entry_id_ms
+
+    target = connect_redis(config)
+    keys = migration_keys(config)
+    rng = random.Random(seed)
+    picked: dict[tuple[int, int], tuple[bytes, KafkaRecord]] = {}
+    streams = [k for k in keys.streams(sorted(read_state(target, keys)[0])) if target.exists(k)]
+    for key in streams:
+        first = target.xrange(key, count=1)
+        last = target.xrevrange(key, count=1)
+        if not first:
+            continue
+        lo, hi = entry_id_ms(first[0][0]), entry_id_ms(last[0][0])
+        for _ in range(max(1, size // len(streams))):
+            found = target.xrange(key, min=f"{rng.randint(lo, hi)}-0", count=1) or first
+            entry_id, fields = found[0]
+            record = entry_to_record(fields)
+            picked[(record.partition, record.offset)] = (entry_id, record)
+    source = open_source(config, client)
+    rows = []
+    try:
+        for (p, offset), (entry_id, record) in sorted(picked.items()):
+            kafka = _record_at(source, p, offset)
+            rows.append(
+                {
+                    "partition": p,
+                    "offset": offset,
+                    "entry_id": entry_id.decode(),
+                    "timestamp_ms": record.timestamp_ms,
+                    "key_null": record.key is None,
+                    "value_null": record.value is None,
+                    "value_bytes": len(record.value or b""),
+                    "headers": len(record.headers),
+                    "in_kafka": kafka is not None,
+                    "digest_match": kafka is not None
+                    and record_digest(kafka) == record_digest(record),
+                }
+            )
+    finally:
+        source.close()
+    return rows
+
+
+def _record_at(source: KafkaSource, partition: int, offset: int) -> KafkaRecord | None:
+    for record in read_kafka_range(source, {partition: (offset, offset)}):
+        if record.offset == offset:
+            return record
+    return None

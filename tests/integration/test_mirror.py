@@ -140,7 +140,7 @@ def test_follow_tails_new_records_until_stopped(make_stream, redis_client):
             follow=True,
             progress=False,
             should_stop=stop.is_set,
-            on_batch=lambda p, f: frontiers.__setitem__(p, f),
+            on_batch=lambda p, f, n: frontiers.__setitem__(p, f),
         )
 
     thread = threading.Thread(target=run)

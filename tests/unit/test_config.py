@@ -136,3 +136,19 @@ def test_load_by_name_and_path(tmp_path, monkeypatch):
     (streams / "broken.yaml").write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         load_config("broken")
+
+
+def test_trim_policy_and_persistence():
+    config = parse_config(
+        doc(trim={"max_age": "7d"}, redis={"url": "redis://r", "persistence": "aof"}), "f"
+    )
+    assert config.trim.max_age_ms == 7 * 86_400_000 and config.trim.max_len is None
+    assert config.redis.persistence == "aof"
+    assert parse_config(doc(trim={"max_len": 1000}), "f").trim.max_len == 1000
+    assert parse_config(doc(), "f").trim is None
+    with pytest.raises(ConfigError, match="f: trim: give exactly one of max_age"):
+        parse_config(doc(trim={"max_age": "7d", "max_len": 5}), "f")
+    with pytest.raises(ConfigError, match="trim.max_age: 'soon' is not a positive duration"):
+        parse_config(doc(trim={"max_age": "soon"}), "f")
+    with pytest.raises(ConfigError, match="redis.persistence: 'disk' is not one of"):
+        parse_config(doc(redis={"url": "redis://r", "persistence": "disk"}), "f")

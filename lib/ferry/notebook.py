@@ -1,0 +1,103 @@
+"""What the runbook notebooks share: set-up, the evidence folder, and the gate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ferry.errors import GateFailed
+from ferry.runbook import project_root
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of a gate or a pass/fail table."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def setup_notebook(run_dir: str, stream: str) -> Path:
+    """Render charts as SVG (so archived HTML needs no script from anywhere), work from the
+    project root, and return the run's evidence folder (created): ``run_dir`` when
+    ``ferry run`` passes one, else ``.ferry/scratch/<stream>`` for interactive use."""
+    import os
+
+    import altair as alt
+    import pandas as pd
+
+    alt.renderers.enable("svg")
+    alt.data_transformers.disable_max_rows()
+    pd.set_option("display.max_columns", 30)
+    root = project_root()
+    os.chdir(root)
+    folder = Path(run_dir) if run_dir else Path(".ferry") / "scratch" / Path(stream).stem
+    folder = folder if folder.is_absolute() else root / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def checks_table(checks: list[Check]):
+    """The checks as a DataFrame with a PASS/FAIL column."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {"check": c.name, "result": "PASS" if c.ok else "FAIL", "detail": c.detail}
+            for c in checks
+        ]
+    )
+
+
+def save_evidence(folder: Path, name: str, data: Any) -> Path:
+    """Write JSON evidence a later step (or an auditor) reads."""
+    path = folder / name
+    path.write_text(json.dumps(data, indent=2, default=str, sort_keys=True))
+    return path
+
+
+def load_evidence(folder: Path, name: str) -> Any | None:
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def gate(step: str, checks: list[Check]) -> str:
+    """Raise GateFailed naming every failed check; return a one-line pass message."""
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise GateFailed(
+            f"step {step}: "
+            + "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in failed)
+        )
+    return f"step {step}: gate passed ({len(checks)} checks)"
+
+
+class ProgressLog:
+    """Collects (seconds, records written) from the mirror's ``on_batch`` callback."""
+
+    def __init__(self) -> None:
+        import threading
+        import time
+
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self._lock = threading.Lock()
+        self._records = 0
+        self.points: list[tuple[float, int]] = [(0.0, 0)]
+
+    def on_batch(self, partition: int, frontier: int, appended: int) -> None:
+        with self._lock:
+            self._records += appended
+            now = self._clock() - self._start
+            if now - self.points[-1][0] >= 0.05:  # one point per 50 ms is plenty for a chart
+                self.points.append((now, self._records))
+
+    def frame(self):
+        import pandas as pd
+
+        with self._lock:
+            points = [*self.points, (self._clock() - self._start, self._records)]
+        return pd.DataFrame(points, columns=["seconds", "records"])

@@ -1,0 +1,232 @@
+"""Preflight: can this migration start? A pass/fail table plus the topic's inventory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import redis
+from ferry.config import StreamConfig
+from ferry.entries import FIELDS
+from ferry.errors import FerryError
+from ferry.ingest import _script, migration_keys
+from ferry.kafka_source import TopicInfo, open_source
+from ferry.notebook import Check
+from ferry.redis_target import MIN_VERSION, connect_redis, server_info
+
+
+@dataclass
+class Preflight:
+    checks: list[Check] = field(default_factory=list)
+    partitions: list[dict] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)
+    facts: dict = field(default_factory=dict)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append(Check(name, ok, detail))
+
+
+def run_preflight(config: StreamConfig, now_ms: int | None = None) -> Preflight:
+    result = Preflight()
+    info = _kafka_checks(config, result, now_ms or int(time.time() * 1000))
+    _redis_checks(config, result, info)
+    return result
+
+
+def _kafka_checks(config: StreamConfig, result: Preflight, now_ms: int) -> TopicInfo | None:
+    try:
+        source = open_source(config)
+    except FerryError as exc:
+        result.add("Kafka reachable with the configured credentials", False, str(exc))
+        return None
+    try:
+        info = source.describe_topic()
+    except FerryError as exc:
+        result.add("Kafka reachable and topic exists", False, str(exc))
+        return None
+    finally:
+        source.close()
+    result.add(
+        "Kafka reachable with the configured credentials", True, config.kafka.bootstrap_servers
+    )
+    result.add("topic exists", True, f"{info.topic}: {len(info.partitions)} partitions")
+    result.partitions = [
+        {
+            "partition": p,
+            "earliest": info.low[p],
+            "end": info.high[p],
+            "records (upper bound)": info.high[p] - info.low[p],
+        }
+        for p in info.partitions
+    ]
+    result.facts.update(
+        topic_records=info.records_upper_bound,
+        cleanup_policy=info.cleanup_policy,
+        retention_ms=info.retention_ms,
+    )
+    if info.compacted:
+        result.add(
+            "cleanup policy", True, f"{info.cleanup_policy}: compacted, offset gaps are expected"
+        )
+    else:
+        result.add("cleanup policy", True, info.cleanup_policy)
+    want = config.start.timestamp_ms(now_ms)
+    if want is not None and info.retention_ms is not None and want < now_ms - info.retention_ms:
+        result.add(
+            "requested start within Kafka retention",
+            False,
+            f"start is {(now_ms - want) / 86_400_000:.1f} days ago but the topic keeps "
+            f"{info.retention_ms / 86_400_000:.1f} days: the oldest requested records are gone",
+        )
+    else:
+        result.add("requested start within Kafka retention", True, f"start: {config.start.kind}")
+    result.groups = _consumer_groups(config, info)
+    return info
+
+
+def _consumer_groups(config: StreamConfig, info: TopicInfo) -> list[dict]:
+    """Consumer groups with committed offsets on the topic, and their lag (best effort:
+    listing groups is inventory, not a gate)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from ferry.kafka_confluent import client_settings
+    from ferry.kafka_source import resolve_bootstrap
+
+    admin = AdminClient(client_settings(config.kafka, resolve_bootstrap(config.kafka)))
+    try:
+        listed = admin.list_consumer_groups(request_timeout=10).result(timeout=15)
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        return [{"group": "(could not list)", "detail": str(exc)}]
+    rows = []
+    for group in sorted(g.group_id for g in listed.valid):
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(info.topic, p) for p in info.partitions]
+        )
+        try:
+            offsets = admin.list_consumer_group_offsets([request])[group].result(timeout=15)
+        except Exception as exc:  # noqa: BLE001
+            rows.append({"group": group, "detail": str(exc)})
+            continue
+        committed = {tp.partition: tp.offset for tp in offsets.topic_partitions if tp.offset >= 0}
+        if committed:
+            lag = sum(info.high[p] - off for p, off in committed.items())
+            rows.append({"group": group, "partitions": len(committed), "lag": lag})
+    return rows
+
+
+# every command ferry runs against the target, tried on a scratch key
+COMMANDS = (
+    "XADD",
+    "XRANGE",
+    "XREVRANGE",
+    "XLEN",
+    "XTRIM",
+    "XINFO STREAM",
+    "HSET",
+    "HGETALL",
+    "EVALSHA",
+    "MEMORY USAGE",
+    "DEL",
+)
+
+
+def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | None) -> None:
+    try:
+        client = connect_redis(config)
+    except FerryError as exc:
+        result.add("Redis reachable with the configured credentials", False, str(exc))
+        return
+    result.add("Redis reachable with the configured credentials", True, "PING answered")
+    server = server_info(client)
+    result.facts.update(
+        redis_kind=server.kind, redis_version=server.version, cluster=server.cluster
+    )
+    version = tuple(int(x) for x in server.version.split(".")[:2])
+    ok_version = server.kind == "valkey" or version >= MIN_VERSION
+    result.add(
+        "Redis version supports '<ms>-*' IDs (>= 7.0)",
+        ok_version,
+        f"{server.kind} {server.version}",
+    )
+    result.add(
+        "maxmemory-policy is noeviction",
+        server.maxmemory_policy == "noeviction",
+        f"{server.maxmemory_policy or 'unreadable (CONFIG not permitted)'}",
+    )
+    result.add(*_persistence(client, config.redis.persistence))
+    result.add("cluster mode", True, "cluster" if server.cluster else "standalone")
+    denied = _try_commands(client, config)
+    result.add(
+        "credentials can run every command ferry uses",
+        not denied,
+        "; ".join(denied) if denied else ", ".join(COMMANDS),
+    )
+    result.add(*_stream_key_state(client, config))
+    try:
+        node = client.config_get("stream-node-max-bytes").get("stream-node-max-bytes")
+    except redis.ResponseError:
+        node = None
+    result.facts["stream_node_max_bytes"] = node
+
+
+def _persistence(client: redis.Redis, wanted: str) -> tuple[str, bool, str]:
+    info = client.info("persistence")
+    aof = bool(info.get("aof_enabled"))
+    try:
+        rdb = bool(client.config_get("save").get("save"))
+    except redis.ResponseError:
+        rdb = None
+    have = f"aof={'on' if aof else 'off'}, rdb={'unknown' if rdb is None else ('on' if rdb else 'off')}"
+    ok = {"any": True, "aof": aof, "rdb": bool(rdb), "none": not aof and rdb is False}[wanted]
+    return f"persistence as configured ({wanted})", ok, have
+
+
+def _try_commands(client: redis.Redis, config: StreamConfig) -> list[str]:
+    tag = config.hash_tag
+    stream, state = f"{tag}:ferry:preflight", f"{tag}:ferry:preflight-state"
+    denied = []
+    probes = [
+        ("XADD", lambda: client.xadd(stream, dict.fromkeys(FIELDS, b"0"))),
+        ("XRANGE", lambda: client.xrange(stream, count=1)),
+        ("XREVRANGE", lambda: client.xrevrange(stream, count=1)),
+        ("XLEN", lambda: client.xlen(stream)),
+        ("XINFO STREAM", lambda: client.xinfo_stream(stream)),
+        ("MEMORY USAGE", lambda: client.memory_usage(stream)),
+        ("XTRIM", lambda: client.xtrim(stream, maxlen=0)),
+        ("HSET", lambda: client.hset(state, "probe", 1)),
+        ("HGETALL", lambda: client.hgetall(state)),
+        ("EVALSHA", lambda: _script(client, "ingest.lua")(keys=[state, stream], args=[0, 0])),
+    ]
+    try:
+        for name, probe in probes:
+            try:
+                probe()
+            except redis.ResponseError as exc:
+                if name == "EVALSHA" and "FERRY_NOT_ARMED" in str(exc):
+                    continue  # the script ran: it refused an unarmed partition, as it should
+                denied.append(f"{name}: {exc}")
+    finally:
+        try:
+            client.delete(stream, state)
+        except redis.ResponseError as exc:
+            denied.append(f"DEL: {exc}")
+    return denied
+
+
+def _stream_key_state(client: redis.Redis, config: StreamConfig) -> tuple[str, bool, str]:
+    keys = migration_keys(config)
+    kind = client.type(keys.stream).decode()
+    claimed = client.hget(keys.state, f"stream:{keys.stream}") == b"1"
+    if kind == "none":
+        return "target stream key is free or ferry's own", True, f"{keys.stream} is free"
+    if kind == "stream" and claimed:
+        return (
+            "target stream key is free or ferry's own",
+            True,
+            f"{keys.stream} is ferry's (resumable)",
+        )
+    return (
+        "target stream key is free or ferry's own",
+        False,
+        f"{keys.stream} holds a {kind} that ferry did not write",
+    )
