@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: demo test bench lint format services-up services-down clean
+.PHONY: demo test bench lint format lab services-up services-down clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,11 +19,11 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/ferry demo
 
 test: $(VENV)/.dev
-	bash scripts/ensure-redis-server
+	bash scripts/ensure-system-packages
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev
-	bash scripts/ensure-redis-server
+	bash scripts/ensure-system-packages
 	$(PY) bench/backfill_bench.py
 
 lint: $(VENV)/.dev
@@ -33,6 +33,12 @@ lint: $(VENV)/.dev
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff check --fix lib tests bench
 	$(VENV)/bin/ruff format lib tests bench
+
+# JupyterLab on the runbook, against the embedded services (started and seeded if needed)
+lab: $(VENV)/.installed
+	$(VENV)/bin/ferry services status >/dev/null 2>&1 || $(VENV)/bin/ferry services up
+	$(VENV)/bin/ferry seed-demo
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 services-up: $(VENV)/.installed
 	$(VENV)/bin/ferry services up

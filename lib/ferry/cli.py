@@ -80,6 +80,52 @@ def format_report(report) -> str:
     return "\n".join(lines)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from ferry.runner import raise_on_failure, run_runbook
+
+    result = run_runbook(
+        args.stream,
+        start=args.start,
+        only=args.only,
+        audit_root=Path(args.audit) if args.audit else None,
+    )
+    print(f"archive: {result.folder}")
+    raise_on_failure(result)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ferry.audit import verify_archive
+
+    problems = verify_archive(Path(args.folder))
+    if problems:
+        print("\n".join(problems))
+        return 1
+    print(f"{args.folder}: intact (every hash and the chain verify)")
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    from ferry.config import load_config
+    from ferry.errors import KafkaError
+    from ferry.runbook import project_root
+    from ferry.seed import seed_demo_topic
+    from ferry.services import running_services
+
+    config = load_config(project_root() / "runbook" / "streams" / "payments.yaml")
+    try:
+        n = seed_demo_topic(
+            running_services().kafka_bootstrap, config.kafka.topic, args.records, args.partitions
+        )
+    except KafkaError as exc:
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            raise
+        print(f"topic {config.kafka.topic!r} already exists; left as it is")
+        return 0
+    print(f"seeded {n} records into {config.kafka.topic!r}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ferry.demo import run_demo
 
@@ -108,7 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--client", choices=CLIENTS, help="read Kafka with this client")
     v.set_defaults(func=cmd_validate)
 
-    d = sub.add_parser("demo", help="seed, backfill and validate a demo topic on embedded services")
+    r = sub.add_parser("run", help="run the runbook's notebooks for a stream into an audit archive")
+    r.add_argument("stream", help="stream name or config path")
+    r.add_argument("--from", dest="start", help="resume at this step (id or name)")
+    r.add_argument("--only", help="run just this step (id or name)")
+    r.add_argument("--audit", help="archive root (default ./audit)")
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("audit", help="check an archived run")
+    a.add_argument("action", choices=("verify",))
+    a.add_argument("folder", help="audit/<stream>/<run-id>")
+    a.set_defaults(func=cmd_audit)
+
+    sd = sub.add_parser("seed-demo", help="create and fill the demo topic on the running services")
+    sd.add_argument("--records", type=int, default=200_000)
+    sd.add_argument("--partitions", type=int, default=6)
+    sd.set_defaults(func=cmd_seed_demo)
+
+    d = sub.add_parser(
+        "demo", help="run the whole runbook on a seeded demo topic on fresh embedded services"
+    )
     d.add_argument("--records", type=int, default=200_000)
     d.add_argument("--partitions", type=int, default=6)
     d.set_defaults(func=cmd_demo)

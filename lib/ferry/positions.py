@@ -55,7 +55,14 @@ def find_offset_for_time(
 
 
 def first_record_at(source, partition: int, offset: int, high: int, timeout_s: float = 30.0):
-    """Read the first record of ``partition`` at or after ``offset`` (None past ``high``)."""
+    """(offset, timestamp) of the first record of ``partition`` at or after ``offset``
+    (None past ``high``)."""
+    record = read_record_at(source, partition, offset, high, timeout_s)
+    return None if record is None else (record.offset, record.timestamp_ms)
+
+
+def read_record_at(source, partition: int, offset: int, high: int, timeout_s: float = 30.0):
+    """The first record of ``partition`` at or after ``offset``, or None past ``high``."""
     if offset >= high:
         return None
     source.assign({partition: offset})
@@ -63,7 +70,7 @@ def first_record_at(source, partition: int, offset: int, high: int, timeout_s: f
     while time.monotonic() < deadline:
         for record in source.poll_records(1, 0.2):
             if record.partition == partition:
-                return (record.offset, record.timestamp_ms)
+                return record
         if source.position(partition) >= high:
             return None
     raise KafkaError(

@@ -259,6 +259,7 @@ def sample_rows(
     import random
 
     from ferry.entries import entry_id_ms
+    from ferry.positions import read_record_at
 
     target = connect_redis(config)
     keys = migration_keys(config)
@@ -279,8 +280,11 @@ def sample_rows(
     source = open_source(config, client)
     rows = []
     try:
+        high = source.describe_topic().high
         for (p, offset), (entry_id, record) in sorted(picked.items()):
-            kafka = _record_at(source, p, offset)
+            kafka = read_record_at(source, p, offset, high.get(p, 0))
+            if kafka is not None and kafka.offset != offset:
+                kafka = None
             rows.append(
                 {
                     "partition": p,
@@ -299,10 +303,3 @@ def sample_rows(
     finally:
         source.close()
     return rows
-
-
-def _record_at(source: KafkaSource, partition: int, offset: int) -> KafkaRecord | None:
-    for record in read_kafka_range(source, {partition: (offset, offset)}):
-        if record.offset == offset:
-            return record
-    return None

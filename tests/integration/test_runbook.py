@@ -1,0 +1,178 @@
+"""The runbook end to end: Papermill runs, gates, the audit archive and its secrets."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from ferry.audit import verify_archive
+from ferry.config import load_config
+from ferry.ingest import migration_keys
+from ferry.runner import run_runbook
+from ferry.seed import awkward_records, create_topic, payment_events, produce_records
+
+SENTINEL = "s3ntinel-Pa55w0rd-8d1f"
+PARTITIONS = 4
+
+
+@pytest.fixture
+def runbook_stream(services, redis_client, tmp_path, monkeypatch, request):
+    """A seeded topic and a config that logs in to Redis as a user whose password is the
+    sentinel, passed by reference (an environment variable), as a real run would."""
+    name = (
+        "rb-" + request.node.name.split("[")[0][-20:].replace("_", "-") + "-" + services.redis_kind
+    )
+    create_topic(services.kafka_bootstrap, name, PARTITIONS)
+    produce_records(
+        services.kafka_bootstrap, name, awkward_records(PARTITIONS, big_value_bytes=50_000)
+    )
+    produce_records(services.kafka_bootstrap, name, payment_events(6000, PARTITIONS - 1))
+    user = f"ferry-{name}"
+    redis_client.acl_setuser(
+        user, enabled=True, passwords=[f"+{SENTINEL}"], commands=["+@all"], keys=["*"]
+    )
+    monkeypatch.setenv("FERRY_TEST_REDIS_USER", user)
+    monkeypatch.setenv("FERRY_TEST_REDIS_PASSWORD", SENTINEL)
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "kafka": {"bootstrap_servers": services.kafka_bootstrap, "topic": name},
+                "redis": {
+                    "url": services.redis_url,
+                    "username": {"env": "FERRY_TEST_REDIS_USER"},
+                    "password": {"env": "FERRY_TEST_REDIS_PASSWORD"},
+                },
+                "trim": {"max_len": 5000},
+            }
+        )
+    )
+    yield config, name
+    redis_client.acl_deluser(user)
+    keys = list(redis_client.scan_iter(match=f"*{{{name}}}*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_path):
+    config, name = runbook_stream
+    lines = []
+    result = run_runbook(str(config), audit_root=tmp_path / "audit", echo=lines.append)
+    assert result.ok, [s.message for s in result.steps]
+    outcomes = {s.id: s.outcome for s in result.steps}
+    assert outcomes == {
+        "00": "passed",
+        "01": "passed",
+        "02": "not-available",
+        "03": "passed",
+        "04": "passed",
+        "05": "not-available",
+        "06": "passed",
+    }
+    assert "[02-dual-write] not available yet" in "\n".join(lines)
+    folder = result.folder
+    for label in (
+        "00-capacity-sizing",
+        "01-preflight",
+        "03-backfill",
+        "04-validation",
+        "06-retention-scaling",
+    ):
+        assert (folder / f"{label}.ipynb").exists() and (folder / f"{label}.html").exists()
+    assert (folder / "data-docs" / "index.html").exists()
+    assert (folder / "keda-scaledobject.yaml").exists()
+    assert verify_archive(folder) == []
+
+    # the sentinel password is in no archived file, in any form
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert SENTINEL.encode() not in path.read_bytes(), path
+
+    # the HTML renders offline: no scripts, charts inline as SVG
+    html = (folder / "00-capacity-sizing.html").read_text()
+    assert "<script" not in html and 'src="http' not in html
+    assert (
+        len(re.findall(r'<img [^>]*src="data:image/svg\+xml;base64,', html)) == 2
+    )  # the two charts
+
+    # one altered byte is found and named
+    target = folder / "03-backfill.ipynb"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x20
+    target.write_bytes(bytes(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "ferry.cli", "audit", "verify", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout.strip() == "03-backfill.ipynb: altered (sha256 differs from the manifest)"
+
+
+def test_deleted_record_stops_the_run_at_validation_naming_the_partition(
+    runbook_stream, redis_client, tmp_path
+):
+    config, name = runbook_stream
+    first = run_runbook(str(config), only="03", audit_root=tmp_path / "audit", echo=lambda s: None)
+    assert first.ok
+    stream = migration_keys(load_config(config)).stream
+    victim_id, fields = redis_client.xrange(stream, count=40)[-1]
+    redis_client.xdel(stream, victim_id)
+    partition = int(fields[b"p"])
+    result = run_runbook(
+        str(config), start="04", audit_root=tmp_path / "audit", echo=lambda s: None
+    )
+    assert not result.ok
+    failed = result.failed
+    assert (failed.id, failed.name) == ("04", "validation")
+    assert "GateFailed" in failed.message and f"partition {partition}" in failed.message
+    assert [s.id for s in result.steps] == ["04"]  # stopped there: 05 and 06 never ran
+    assert verify_archive(result.folder) == []  # a failed run is archived all the same
+
+
+def test_archived_html_shows_its_charts_in_headless_chromium(runbook_stream, tmp_path):
+    from PIL import Image
+
+    assert shutil.which("chromium"), (
+        "needs Debian's chromium (scripts/ensure-system-packages installs it)"
+    )
+    config, _ = runbook_stream
+    result = run_runbook(str(config), only="00", audit_root=tmp_path / "audit", echo=lambda s: None)
+    assert result.ok
+    page = result.folder / "00-capacity-sizing.html"
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,4000",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    image = Image.open(shot).convert("L")
+    colours = image.getcolors(maxcolors=1 << 16) or []
+    assert len(colours) > 50, "the page rendered (nearly) blank"
+    # the charts: plenty of non-white pixels in the page
+    dark = sum(count for count, level in colours if level < 200)
+    assert dark > 5000
+    Path(tmp_path / "kept.png").write_bytes(shot.read_bytes())
