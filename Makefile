@@ -27,8 +27,8 @@ bench: $(VENV)/.dev
 	$(PY) bench/backfill_bench.py
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check lib tests bench
-	$(VENV)/bin/ruff format --check lib tests bench
+	$(VENV)/bin/ruff check lib tests bench conftest.py
+	$(VENV)/bin/ruff format --check lib tests bench conftest.py
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff check --fix lib tests bench
