@@ -34,6 +34,8 @@ QUEUE_BATCHES = 16
 # so one packs and sends while Redis executes the other's pipeline; per partition, batches
 # still go out in order.
 WRITERS = 2
+LIVE_SLACK = 10_000  # offsets below (end at start - this) are settled history
+GAP_RECHECK_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class BackfillSummary:
     frontier: dict[int, int]
     ends: dict[int, int]  # each partition's end (high watermark) when the run started
     complete: bool  # every partition reached its end (never true with follow)
+    gap_rechecks: int = 0  # offset gaps read again before being believed
 
     @property
     def msg_per_s(self) -> float:
@@ -63,6 +66,7 @@ class BackfillSummary:
             "mb_per_s": round(self.bytes / self.seconds / 1e6, 2) if self.seconds else 0.0,
             "refused_batches": self.refused,
             "complete": self.complete,
+            "gap_rechecks": self.gap_rechecks,
         }
 
 
@@ -156,6 +160,11 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
     ends = {p: info.high[p] for p in info.partitions}
     done = set() if follow else {p for p in info.partitions if pos[p] >= ends[p]}
     generation = dict.fromkeys(info.partitions, 0)
+    # Offset gaps near the live end are read again before they are believed: Tansu 0.6 can
+    # answer a fetch with a later batch while the earlier one is not yet readable (several
+    # producers appending to one partition), and both clients then skip it silently.
+    live_from = {p: ends[p] - LIVE_SLACK for p in info.partitions}
+    gaps = GapChecks()
     total = sum(max(0, ends[p] - pos[p]) for p in info.partitions)
 
     bar = None
@@ -197,14 +206,38 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
                     continue
                 if not follow and recs[-1].offset >= ends[p]:
                     recs = [r for r in recs if r.offset < ends[p]]
-                if recs:
-                    _check_sequence(p, pos[p], recs, gaps_allowed, config.kafka.topic)
-                    for i in range(0, len(recs), config.batch_size):
-                        chunk = recs[i : i + config.batch_size]
+                recs = [r for r in recs if r.offset >= pos[p]]  # fetched before a re-seek
+                if recs and recs[0].offset == pos[p]:
+                    gaps.pop(p, None)  # a pending gap check came back filled: it was the race
+                while recs:
+                    taken, rest = take_contiguous(
+                        recs, pos[p], lambda g, p=p: gaps_allowed and g < live_from[p]
+                    )
+                    for i in range(0, len(taken), config.batch_size):
+                        chunk = taken[i : i + config.batch_size]
                         _enqueue(
                             queues[p % WRITERS], shared, ingestor, p, generation[p], pos[p], chunk
                         )
                         pos[p] = chunk[-1].offset + 1
+                    if not rest:
+                        break
+                    if not gaps.confirmed(p, pos[p], rest[0].offset):
+                        source.seek(p, pos[p])  # read it again before believing the gap
+                        break
+                    if not gaps_allowed:
+                        raise IntegrityError(
+                            f"partition {p} of {config.kafka.topic!r}: offsets {pos[p]}..{rest[0].offset - 1} "
+                            f"are missing and stayed missing when read again {GAP_RECHECK_S:.1f}s later; "
+                            "the topic is neither compacted nor declared transactional, so records would "
+                            "be skipped. Nothing after the frontier was written; set "
+                            "kafka.transactional: true if transactional producers write this topic"
+                        )
+                    _enqueue(
+                        queues[p % WRITERS], shared, ingestor, p, generation[p], pos[p], rest[:1]
+                    )
+                    pos[p] = rest[0].offset + 1
+                    gaps.pop(p, None)
+                    recs = rest[1:]
                 if not follow and pos[p] >= ends[p]:
                     done.add(p)
                     source.pause([p])
@@ -232,23 +265,46 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         frontier=frontiers,
         ends=ends,
         complete=not follow and len(done) == len(info.partitions),
+        gap_rechecks=gaps.rechecks,
     )
 
 
-def _check_sequence(p: int, read_from: int, recs: list, gaps_allowed: bool, topic: str) -> None:
-    """Offsets must increase; on a topic that is neither compacted nor transactional they must
-    also be dense, so a record a client skipped is an error, never a silent loss."""
-    expected = read_from
-    for r in recs:
-        if r.offset < expected or (not gaps_allowed and r.offset != expected):
+def take_contiguous(
+    recs: list, expected: int, accept_gap: Callable[[int], bool]
+) -> tuple[list, list]:
+    """Split ``recs`` (one partition, as delivered) at the first gap ``accept_gap(offset)``
+    refuses: (records up to it, the rest starting at the gap). Offsets must increase."""
+    for i, r in enumerate(recs):
+        if r.offset < expected:
             raise IntegrityError(
-                f"partition {p} of {topic!r}: expected offset {expected} but the Kafka client "
-                f"delivered {r.offset}; the topic is neither compacted nor declared transactional, "
-                "so records would be skipped. Nothing after the frontier was written; rerun "
-                "(resumes at the frontier) or set kafka.transactional: true if the topic is "
-                "written by transactional producers"
+                f"partition {r.partition}: offset {r.offset} delivered after {expected - 1}"
             )
+        if r.offset != expected and not accept_gap(r.offset):
+            return recs[:i], recs[i:]
         expected = r.offset + 1
+    return recs, []
+
+
+class GapChecks:
+    """Per partition, the gap being re-read: confirmed once it is still there after
+    ``GAP_RECHECK_S``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.pending: dict[int, tuple[int, int, float]] = {}
+        self.rechecks = 0
+
+    def confirmed(self, partition: int, expected: int, got: int) -> bool:
+        seen = self.pending.get(partition)
+        now = self.clock()
+        if seen is None or seen[:2] != (expected, got):
+            self.pending[partition] = (expected, got, now)
+            self.rechecks += 1
+            return False
+        return now - seen[2] >= GAP_RECHECK_S
+
+    def pop(self, partition: int, default=None):
+        return self.pending.pop(partition, default)
 
 
 def _mark_done_by_position(source, pos, ends, done, partitions) -> None:

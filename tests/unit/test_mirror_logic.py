@@ -2,32 +2,46 @@ import pytest
 from ferry.entries import KafkaRecord
 from ferry.errors import IntegrityError, OffsetRangeError
 from ferry.kafka_source import TopicInfo
-from ferry.mirror import _check_sequence, check_resumable
+from ferry.mirror import GAP_RECHECK_S, GapChecks, check_resumable, take_contiguous
 
 
 def recs(*offsets):
     return [KafkaRecord(0, o, 0, b"k", b"v") for o in offsets]
 
 
-def test_dense_offsets_pass():
-    _check_sequence(0, 5, recs(5, 6, 7), gaps_allowed=False, topic="t")
+def test_dense_offsets_are_taken_whole():
+    taken, rest = take_contiguous(recs(5, 6, 7), 5, accept_gap=lambda o: False)
+    assert ([r.offset for r in taken], rest) == ([5, 6, 7], [])
 
 
-def test_a_skipped_record_stops_the_mirror_on_a_plain_topic():
-    with pytest.raises(
-        IntegrityError, match="partition 0 of 't': expected offset 7 but .* delivered 9"
-    ):
-        _check_sequence(0, 5, recs(5, 6, 9), gaps_allowed=False, topic="t")
-    with pytest.raises(IntegrityError, match="expected offset 5"):
-        _check_sequence(0, 5, recs(6), gaps_allowed=False, topic="t")
+def test_a_refused_gap_splits_the_records():
+    taken, rest = take_contiguous(recs(5, 6, 9, 10), 5, accept_gap=lambda o: False)
+    assert [r.offset for r in taken] == [5, 6] and [r.offset for r in rest] == [9, 10]
+    taken, rest = take_contiguous(recs(6), 5, accept_gap=lambda o: False)
+    assert taken == [] and [r.offset for r in rest] == [6]
 
 
-def test_gaps_pass_on_compacted_or_transactional_topics_but_never_going_back():
-    _check_sequence(0, 5, recs(6, 9, 30), gaps_allowed=True, topic="t")
+def test_accepted_gaps_pass_but_offsets_never_go_back():
+    taken, rest = take_contiguous(recs(6, 9, 30), 5, accept_gap=lambda o: o < 20)
+    assert [r.offset for r in taken] == [6, 9] and [r.offset for r in rest] == [30]
+    with pytest.raises(IntegrityError, match="offset 6 delivered after 6"):
+        take_contiguous(recs(6, 6), 5, accept_gap=lambda o: True)
     with pytest.raises(IntegrityError):
-        _check_sequence(0, 5, recs(6, 6), gaps_allowed=True, topic="t")
-    with pytest.raises(IntegrityError):
-        _check_sequence(0, 5, recs(4), gaps_allowed=True, topic="t")
+        take_contiguous(recs(4), 5, accept_gap=lambda o: True)
+
+
+def test_a_gap_is_believed_only_when_it_is_still_there_after_the_recheck_delay():
+    now = [100.0]
+    gaps = GapChecks(clock=lambda: now[0])
+    assert gaps.confirmed(0, 5, 9) is False  # first sight: read again
+    now[0] += GAP_RECHECK_S / 2
+    assert gaps.confirmed(0, 5, 9) is False  # still too soon
+    now[0] += GAP_RECHECK_S
+    assert gaps.confirmed(0, 5, 9) is True
+    assert gaps.confirmed(0, 5, 8) is False  # a different gap starts its own clock
+    assert gaps.confirmed(1, 5, 9) is False  # and partitions are independent
+    gaps.pop(0)
+    assert gaps.confirmed(0, 5, 8) is False
 
 
 def info(low):
