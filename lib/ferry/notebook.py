@@ -101,3 +101,55 @@ class ProgressLog:
         with self._lock:
             points = [*self.points, (self._clock() - self._start, self._records)]
         return pd.DataFrame(points, columns=["seconds", "records"])
+
+
+def final_report(folder: Path):
+    """Key figures from every step's evidence in the run folder, one row each."""
+    import pandas as pd
+
+    rows = []
+    sizing = load_evidence(folder, "sizing.json")
+    if sizing:
+        s, i = sizing["sizing"], sizing["inputs"]
+        rows.append(
+            (
+                "00 capacity sizing",
+                f"{i['bytes_per_entry']:.0f} B/entry, {s['memory_gb']:.2f} GB, "
+                f"{s['shards']} shard(s), {s['nodes']} node(s), {s['monthly_cost']:.0f}/month",
+            )
+        )
+    preflight = load_evidence(folder, "preflight.json")
+    if preflight:
+        failed = [c["name"] for c in preflight["checks"] if not c["ok"]]
+        rows.append(
+            ("01 preflight", f"{len(preflight['checks'])} checks, failed: {failed or 'none'}")
+        )
+    backfill = load_evidence(folder, "backfill.json")
+    if backfill:
+        rows.append(
+            (
+                "03 backfill",
+                f"{backfill['records']} records, {backfill['msg_per_s']:,.0f} msg/s, "
+                f"complete: {backfill['complete']}",
+            )
+        )
+    validation = load_evidence(folder, "validation.json")
+    if validation:
+        rows.append(
+            (
+                "04 validation",
+                f"kafka {validation['kafka_count']}, redis {validation['redis_count']}, "
+                f"missing {validation['missing']}, duplicates {validation['duplicates']}, "
+                f"misordered {validation['out_of_order']}, mismatched {validation['mismatched']}",
+            )
+        )
+    retention = load_evidence(folder, "retention.json")
+    if retention:
+        rows.append(
+            (
+                "06 retention",
+                f"removed {retention['removed']}, {retention['length_after']} entries left, "
+                f"lag threshold {retention['lag_threshold']}",
+            )
+        )
+    return pd.DataFrame(rows, columns=["step", "result"])
