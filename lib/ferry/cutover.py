@@ -1,0 +1,115 @@
+"""Cutover: from dual-write to redis-primary with a bounded pause, or back to dual-write."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ferry.config import StreamConfig
+from ferry.errors import FerryError
+from ferry.ingest import migration_keys, read_state
+from ferry.kafka_source import open_source
+from ferry.phases import (
+    DUAL_WRITE,
+    abort_cutover,
+    complete_cutover,
+    log_event,
+    now_ms,
+    read_phase,
+    read_writers,
+    start_draining,
+)
+from ferry.redis_target import connect_redis
+
+
+class CutoverAborted(FerryError):
+    """The cutover went back to dual-write; nothing was lost. The message says why."""
+
+
+@dataclass(frozen=True)
+class CutoverReport:
+    epoch: int
+    pause_ms: float  # from draining to redis-primary
+    writers: dict[str, float] = field(default_factory=dict)  # longest hold each writer saw (ms)
+    lag_at_switch: dict[int, int] = field(default_factory=dict)
+
+
+def mirror_lag(config: StreamConfig, source=None) -> dict[int, int]:
+    """Records Kafka holds beyond the frontier, per partition (partition ends from a fetch)."""
+    own = source is None
+    source = source or open_source(config)
+    try:
+        info = source.describe_topic()
+    finally:
+        if own:
+            source.close()
+    _, frontiers = read_state(connect_redis(config), migration_keys(config))
+    return {p: max(0, info.high[p] - (frontiers.get(p, -1) + 1)) for p in info.partitions}
+
+
+def cutover_gates(
+    config: StreamConfig, lag_threshold: int, now: int | None = None
+) -> list[tuple[str, bool, str]]:
+    """What must hold before draining starts: dual-write, every live writer acknowledged the
+    current epoch, lag under the threshold."""
+    client = connect_redis(config)
+    keys = migration_keys(config)
+    state = read_phase(client, keys)
+    now = now or now_ms()
+    live = [w for w in read_writers(client, keys) if w.live(now)]
+    behind = [w.writer_id for w in live if w.acked_epoch != state.epoch]
+    lag = mirror_lag(config)
+    return [
+        ("phase is dual-write", state.phase == DUAL_WRITE, state.phase),
+        ("at least one live writer", bool(live), f"{len(live)} live"),
+        (
+            "every live writer acknowledged the current epoch",
+            not behind,
+            f"behind: {behind}" if behind else "",
+        ),
+        (f"mirror lag under {lag_threshold}", sum(lag.values()) <= lag_threshold, f"lag {lag}"),
+    ]
+
+
+def run_cutover(
+    config: StreamConfig, *, pause_bound_s: float = 1.0, lag_threshold: int = 10_000
+) -> CutoverReport:
+    """Gates, draining, wait for every live writer's acknowledgement and zero lag, then
+    redis-primary; abort back to dual-write when the pause bound would be exceeded."""
+    client = connect_redis(config)
+    keys = migration_keys(config)
+    failed = [
+        f"{name} ({detail})" for name, ok, detail in cutover_gates(config, lag_threshold) if not ok
+    ]
+    if failed:
+        log_event(client, keys, "gate", step="cutover", ok=False, failed="; ".join(failed))
+        raise CutoverAborted("cutover gates failed, nothing changed: " + "; ".join(failed))
+    source = open_source(config)
+    try:
+        began = time.monotonic()
+        state = start_draining(client, keys, reason="cutover")
+        deadline = began + pause_bound_s
+        waiting = "writers and mirror"
+        while time.monotonic() < deadline:
+            live = [w for w in read_writers(client, keys) if w.live(now_ms())]
+            behind = [w.writer_id for w in live if w.acked_epoch != state.epoch]
+            lag = mirror_lag(config, source) if not behind else None
+            if not behind and lag is not None and not any(lag.values()):
+                done = complete_cutover(client, keys, reason="drained")
+                pause = (time.monotonic() - began) * 1000
+                report = CutoverReport(
+                    done.epoch, pause, {w.writer_id: w.max_hold_ms for w in live}, lag
+                )
+                log_event(
+                    client, keys, "cutover", ok=True, pause_ms=round(pause, 1), epoch=done.epoch
+                )
+                return report
+            waiting = f"writers not acknowledged: {behind}" if behind else f"mirror lag {lag}"
+            time.sleep(0.01)  # polling the registry and the lag within the bound
+        abort_cutover(client, keys, reason=f"pause bound {pause_bound_s}s: {waiting}")
+        log_event(client, keys, "cutover", ok=False, reason=waiting)
+        raise CutoverAborted(
+            f"cutover aborted back to dual-write after {pause_bound_s}s ({waiting}); writers resume, nothing lost"
+        )
+    finally:
+        source.close()

@@ -1,0 +1,148 @@
+"""Migration phases held in Redis: one function per transition, illegal ones refused, every
+change logged (with its epoch) to the migration's events stream; plus the writer registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+from ferry.errors import FerryError
+from ferry.ingest import MigrationKeys, _script
+
+KAFKA_ONLY = "kafka-only"
+DUAL_WRITE = "dual-write"
+DRAINING = "draining"
+REDIS_PRIMARY = "redis-primary"
+REDIS_ONLY = "redis-only"
+PHASES = (KAFKA_ONLY, DUAL_WRITE, DRAINING, REDIS_PRIMARY, REDIS_ONLY)
+
+# (from, to) -> the verb that makes it
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (KAFKA_ONLY, DUAL_WRITE): "start dual-write",
+    (DUAL_WRITE, KAFKA_ONLY): "roll back to kafka-only",
+    (DUAL_WRITE, DRAINING): "start draining",
+    (DRAINING, DUAL_WRITE): "abort cutover",
+    (DRAINING, REDIS_PRIMARY): "complete cutover",
+    (REDIS_PRIMARY, DUAL_WRITE): "roll back to dual-write",
+    (REDIS_PRIMARY, REDIS_ONLY): "finish (no rollback after this)",
+}
+WRITER_TTL_S = 5.0  # a writer without a heartbeat for this long is not live
+
+
+class IllegalTransition(FerryError):
+    """The requested phase change is not allowed from the current phase."""
+
+
+@dataclass(frozen=True)
+class PhaseState:
+    phase: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class WriterInfo:
+    writer_id: str
+    heartbeat_ms: int
+    acked_epoch: int
+    phase: str
+    max_hold_ms: float = 0.0
+    sent: int = 0
+
+    def live(self, now_ms: int, ttl_s: float = WRITER_TTL_S) -> bool:
+        return now_ms - self.heartbeat_ms <= ttl_s * 1000
+
+
+def events_key(keys: MigrationKeys) -> str:
+    return f"{keys.tag}:ferry:events"
+
+
+def writers_key(keys: MigrationKeys) -> str:
+    return f"{keys.tag}:ferry:writers"
+
+
+def check_transition(current: str, target: str) -> str:
+    """The verb of a legal transition; IllegalTransition (naming the legal ones) otherwise."""
+    verb = TRANSITIONS.get((current, target))
+    if verb is None:
+        legal = sorted(to for (frm, to) in TRANSITIONS if frm == current) or [
+            "none: the migration is finished"
+        ]
+        raise IllegalTransition(
+            f"cannot go from {current} to {target}; from {current} ferry can go to {', '.join(legal)}"
+        )
+    return verb
+
+
+def read_phase(client: redis.Redis, keys: MigrationKeys) -> PhaseState:
+    phase, epoch = client.hmget(keys.state, "phase", "epoch")
+    return PhaseState(phase.decode() if phase else KAFKA_ONLY, int(epoch or 0))
+
+
+def set_phase(
+    client: redis.Redis, keys: MigrationKeys, target: str, reason: str = "", actor: str = "ferry"
+) -> PhaseState:
+    """Move to ``target`` if that is legal from the current phase; atomic compare-and-set."""
+    current = read_phase(client, keys)
+    check_transition(current.phase, target)
+    try:
+        epoch = _script(client, "phase.lua")(
+            keys=[keys.state, events_key(keys)], args=[current.phase, target, reason, actor]
+        )
+    except redis.ResponseError as exc:
+        if "FERRY_PHASE" in str(exc):
+            raise IllegalTransition(
+                f"{str(exc).split('FERRY_PHASE', 1)[1].strip()} (changed meanwhile)"
+            ) from exc
+        raise
+    return PhaseState(target, int(epoch))
+
+
+def start_dual_write(client, keys, reason=""):
+    return set_phase(client, keys, DUAL_WRITE, reason)
+
+
+def start_draining(client, keys, reason=""):
+    return set_phase(client, keys, DRAINING, reason)
+
+
+def abort_cutover(client, keys, reason=""):
+    return set_phase(client, keys, DUAL_WRITE, reason)
+
+
+def complete_cutover(client, keys, reason=""):
+    return set_phase(client, keys, REDIS_PRIMARY, reason)
+
+
+def finish_migration(client, keys, reason=""):
+    return set_phase(client, keys, REDIS_ONLY, reason)
+
+
+def log_event(client: redis.Redis, keys: MigrationKeys, kind: str, **fields: object) -> bytes:
+    """Record a gate result or any other event beside the phase changes."""
+    return client.xadd(events_key(keys), {"type": kind, **{k: str(v) for k, v in fields.items()}})
+
+
+def read_events(client: redis.Redis, keys: MigrationKeys) -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()} | {"id": entry_id.decode()}
+        for entry_id, fields in client.xrange(events_key(keys))
+    ]
+
+
+def report_writer(client: redis.Redis, keys: MigrationKeys, info: WriterInfo) -> None:
+    """Register or heartbeat a writer (its acknowledged epoch and phase included)."""
+    client.hset(writers_key(keys), info.writer_id, json.dumps(info.__dict__))
+
+
+def remove_writer(client: redis.Redis, keys: MigrationKeys, writer_id: str) -> None:
+    client.hdel(writers_key(keys), writer_id)
+
+
+def read_writers(client: redis.Redis, keys: MigrationKeys) -> list[WriterInfo]:
+    return [WriterInfo(**json.loads(v)) for v in client.hgetall(writers_key(keys)).values()]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,191 @@
+"""Phases on the real server, the DualWriter beside a following mirror, and cutover."""
+
+import threading
+
+import ferry
+import pytest
+from ferry.cutover import CutoverAborted, mirror_lag, run_cutover
+from ferry.dualwriter import PhaseNotSupported
+from ferry.ingest import migration_keys, read_state
+from ferry.mirror import backfill
+from ferry.phases import (
+    DRAINING,
+    DUAL_WRITE,
+    KAFKA_ONLY,
+    REDIS_PRIMARY,
+    IllegalTransition,
+    WriterInfo,
+    now_ms,
+    read_events,
+    read_phase,
+    report_writer,
+    set_phase,
+    start_draining,
+    start_dual_write,
+)
+from ferry.seed import payment_events
+from ferry.validate import validate_stream
+from prometheus_client import CollectorRegistry
+
+from .helpers import by_partition, read_redis_records
+
+
+def test_transitions_are_logged_with_epochs_and_illegal_ones_refused(make_stream, redis_client):
+    stream = make_stream([], partitions=1)
+    keys = migration_keys(stream.config)
+    assert read_phase(redis_client, keys).phase == KAFKA_ONLY
+    with pytest.raises(IllegalTransition, match="cannot go from kafka-only to redis-primary"):
+        set_phase(redis_client, keys, REDIS_PRIMARY)
+    assert start_dual_write(redis_client, keys, "test").epoch == 1
+    assert start_draining(redis_client, keys, "test").epoch == 2
+    assert set_phase(redis_client, keys, DUAL_WRITE, "abort").epoch == 3
+    events = [(e["from"], e["to"], e["epoch"]) for e in read_events(redis_client, keys)]
+    assert events == [
+        ("kafka-only", "dual-write", "1"),
+        ("dual-write", "draining", "2"),
+        ("draining", "dual-write", "3"),
+    ]
+    assert read_phase(redis_client, keys).phase == DUAL_WRITE
+
+
+class Mirror:
+    """A following mirror in a thread."""
+
+    def __init__(self, config):
+        self.stop = threading.Event()
+        self.result = {}
+        self.thread = threading.Thread(target=self._run, args=(config,))
+        self.thread.start()
+
+    def _run(self, config):
+        self.result["summary"] = backfill(
+            config, follow=True, progress=False, should_stop=self.stop.is_set
+        )
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def test_dual_writer_lands_every_record_exactly_once_beside_the_mirror(make_stream, redis_client):
+    stream = make_stream(list(payment_events(2000, 3)), partitions=3)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)  # history first, as the runbook does
+    start_dual_write(redis_client, keys, "test")
+    registry = CollectorRegistry()
+    writer = ferry.DualWriter(stream.config, registry=registry, poll_interval_s=0.05)
+    try:
+        for i in range(3000):
+            writer.send(b"live %d" % i, key=b"k%d" % (i % 50))
+        writer.flush()
+    finally:
+        writer.close()
+    counts = writer.counts
+    print("writer counts:", counts)
+    assert (counts.sent, counts.delivered, counts.failures) == (3000, 3000, 0)
+    assert counts.written_redis + counts.deferred_to_mirror + counts.already_in_redis == 3000
+    mirror = Mirror(stream.config)  # the mirror brings whatever the writer deferred
+    try:
+        for _ in range(3000):
+            if not any(mirror_lag(stream.config).values()):
+                break
+            mirror.stop.wait(0.01)
+    finally:
+        mirror.close()
+    assert validate_stream(stream.config).ok
+    entries = by_partition(
+        r for _, r in read_redis_records(redis_client, stream.config.redis.stream)
+    )
+    assert sum(len(v) for v in entries.values()) == 5000
+    assert (
+        registry.get_sample_value("ferry_writer_sent_total", {"writer": writer.writer_id}) == 3000
+    )
+
+
+def test_writer_missing_the_handshake_blocks_cutover_and_it_aborts_cleanly(
+    make_stream, redis_client
+):
+    stream = make_stream(list(payment_events(500, 2)), partitions=2)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+    # a second writer that registered and heartbeats but never follows a phase change
+    ghost = WriterInfo("ghost", now_ms(), read_phase(redis_client, keys).epoch, DUAL_WRITE)
+    report_writer(redis_client, keys, ghost)
+    try:
+        with pytest.raises(CutoverAborted, match=r"writers not acknowledged: \['ghost'\]"):
+            run_cutover(stream.config, pause_bound_s=0.5)
+        assert read_phase(redis_client, keys).phase == DUAL_WRITE
+        # writers resume: nothing sent during or after the aborted cutover is lost
+        for i in range(200):
+            writer.send(b"after abort %d" % i)
+        writer.flush()
+    finally:
+        writer.close()
+        redis_client.hdel(f"{keys.tag}:ferry:writers", "ghost")
+    phases = [
+        (e.get("from"), e.get("to"))
+        for e in read_events(redis_client, keys)
+        if e["type"] == "phase"
+    ]
+    assert phases[-2:] == [(DUAL_WRITE, DRAINING), (DRAINING, DUAL_WRITE)]
+    _, frontiers = read_state(redis_client, keys)
+    assert sum(f + 1 for f in frontiers.values()) + sum(mirror_lag(stream.config).values()) == 700
+
+
+def test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending(
+    make_stream, redis_client
+):
+    stream = make_stream(list(payment_events(1000, 2)), partitions=2)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    mirror = Mirror(stream.config)
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05, hold_bound_s=5.0)
+    sent = []
+    stop = threading.Event()
+
+    def traffic():
+        i = 0
+        while not stop.is_set():
+            try:
+                writer.send(b"traffic %d" % i)
+            except PhaseNotSupported:  # redis-primary: this writer's part ends here
+                return
+            sent.append(i)
+            i += 1
+            stop.wait(0.001)
+
+    producer = threading.Thread(target=traffic)
+    producer.start()
+    try:
+        for _ in range(1000):  # let the writer acknowledge dual-write first
+            if all(
+                w.acked_epoch == read_phase(redis_client, keys).epoch
+                for w in __import__("ferry.phases", fromlist=["read_writers"]).read_writers(
+                    redis_client, keys
+                )
+            ):
+                break
+            stop.wait(0.01)
+        report = run_cutover(stream.config, pause_bound_s=3.0)
+    finally:
+        stop.set()
+        producer.join(timeout=30)
+        writer.flush()
+        writer.close()
+        mirror.close()
+    assert read_phase(redis_client, keys).phase == REDIS_PRIMARY
+    print("cutover:", report, "records sent live:", len(sent))
+    assert report.pause_ms < 3000
+    assert all(v == 0 for v in report.lag_at_switch.values())
+    # every record the writer sent before the switch is in Redis, once, in order
+    assert validate_stream(stream.config).ok
+    assert sum(
+        len(v)
+        for v in by_partition(
+            r for _, r in read_redis_records(redis_client, stream.config.redis.stream)
+        ).values()
+    ) == 1000 + len(sent)

@@ -1,0 +1,35 @@
+import pytest
+from ferry.phases import PHASES, TRANSITIONS, IllegalTransition, WriterInfo, check_transition
+
+
+def test_the_happy_path_is_legal_in_order():
+    path = ["kafka-only", "dual-write", "draining", "redis-primary", "redis-only"]
+    for frm, to in zip(path, path[1:], strict=False):
+        assert check_transition(frm, to)
+
+
+@pytest.mark.parametrize("frm", PHASES)
+@pytest.mark.parametrize("to", PHASES)
+def test_every_pair_is_either_a_named_transition_or_refused(frm, to):
+    if (frm, to) in TRANSITIONS:
+        assert check_transition(frm, to) == TRANSITIONS[(frm, to)]
+    else:
+        with pytest.raises(IllegalTransition, match=f"cannot go from {frm} to {to}"):
+            check_transition(frm, to)
+
+
+def test_refusal_names_the_legal_moves_and_redis_only_is_final():
+    with pytest.raises(IllegalTransition, match="from kafka-only ferry can go to dual-write"):
+        check_transition("kafka-only", "redis-primary")
+    with pytest.raises(IllegalTransition, match="none: the migration is finished"):
+        check_transition("redis-only", "dual-write")
+
+
+def test_rollback_is_possible_until_redis_only():
+    assert ("redis-primary", "dual-write") in TRANSITIONS
+    assert not any(frm == "redis-only" for frm, _ in TRANSITIONS)
+
+
+def test_writer_liveness():
+    w = WriterInfo("w1", heartbeat_ms=10_000, acked_epoch=3, phase="dual-write")
+    assert w.live(now_ms=14_000) and not w.live(now_ms=15_001)
