@@ -126,6 +126,40 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_phase(args: argparse.Namespace) -> int:
+    from ferry.ingest import migration_keys
+    from ferry.phases import read_phase, read_writers, set_phase
+    from ferry.redis_target import connect_redis
+
+    config = load_config(args.stream)
+    client, keys = connect_redis(config), migration_keys(config)
+    if args.set:
+        state = set_phase(client, keys, args.set, reason=args.reason or "ferry phase", actor="cli")
+    else:
+        state = read_phase(client, keys)
+    writers = [w.__dict__ for w in read_writers(client, keys)]
+    print(json.dumps({"phase": state.phase, "epoch": state.epoch, "writers": writers}, indent=2))
+    return 0
+
+
+def cmd_cutover(args: argparse.Namespace) -> int:
+    from ferry.cutover import run_cutover
+
+    report = run_cutover(
+        load_config(args.stream), pause_bound_s=args.pause_bound, lag_threshold=args.lag_threshold
+    )
+    print(json.dumps(report.__dict__, default=str))
+    return 0
+
+
+def cmd_translate_group(args: argparse.Namespace) -> int:
+    from ferry.handover import translate_group
+
+    result = translate_group(load_config(args.stream), args.group)
+    print(json.dumps(result.__dict__))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ferry.demo import run_demo
 
@@ -165,6 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("action", choices=("verify",))
     a.add_argument("folder", help="audit/<stream>/<run-id>")
     a.set_defaults(func=cmd_audit)
+
+    ph = sub.add_parser("phase", help="show (or --set) the migration phase and the writers")
+    ph.add_argument("stream")
+    ph.add_argument(
+        "--set", choices=("kafka-only", "dual-write", "draining", "redis-primary", "redis-only")
+    )
+    ph.add_argument("--reason", default="")
+    ph.set_defaults(func=cmd_phase)
+
+    co = sub.add_parser(
+        "cutover", help="draining, then redis-primary within the pause bound, or abort"
+    )
+    co.add_argument("stream")
+    co.add_argument("--pause-bound", type=float, default=1.0, help="seconds writers may be held")
+    co.add_argument(
+        "--lag-threshold", type=int, default=10_000, help="mirror lag allowed before draining"
+    )
+    co.set_defaults(func=cmd_cutover)
+
+    tg = sub.add_parser(
+        "translate-group", help="turn a Kafka group's offsets into a Redis consumer group"
+    )
+    tg.add_argument("stream")
+    tg.add_argument("group")
+    tg.set_defaults(func=cmd_translate_group)
 
     sd = sub.add_parser("seed-demo", help="create and fill the demo topic on the running services")
     sd.add_argument("--records", type=int, default=200_000)

@@ -189,3 +189,77 @@ def test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending(
             r for _, r in read_redis_records(redis_client, stream.config.redis.stream)
         ).values()
     ) == 1000 + len(sent)
+
+
+def commit_group(bootstrap: str, topic: str, group: str, offsets: dict[int, int]) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()], asynchronous=False
+        )
+    finally:
+        consumer.close()
+
+
+def test_group_hand_over_is_exactly_once(make_stream, redis_client):
+    from ferry.handover import StreamConsumer, translate_group
+
+    stream = make_stream(list(payment_events(1500, 3)), partitions=3)
+    backfill(stream.config, progress=False)
+    per = by_partition(r for _, r in read_redis_records(redis_client, stream.config.redis.stream))
+    committed = {0: 100, 2: len(per[2]) // 2}  # partition 1: the group never committed
+    commit_group(stream.bootstrap, stream.config.kafka.topic, "billing", committed)
+    translation = translate_group(stream.config, "billing")
+    assert translation.committed == committed
+    consumer = StreamConsumer(stream.config, "billing", "c1", batch=64, block_ms=50)
+    expected = sum(
+        1 for rs in per.values() for r in rs if r.offset >= committed.get(r.partition, 0)
+    )
+    assert consumer.lag() == sum(len(v) for v in per.values()) - translation.entries_read
+    got = []
+    for _ in range(200):
+        batch = consumer.poll()
+        if not batch:
+            break
+        got += batch
+        consumer.ack(*batch)
+    delivered = by_partition(d.record for d in got)
+    for p, records in per.items():  # exactly the records the Kafka group had not consumed, in order
+        assert delivered.get(p, []) == [r for r in records if r.offset >= committed.get(p, 0)]
+    assert len(got) == expected
+    assert consumer.lag() == 0 and consumer.skipped == translation.skipped_later
+
+
+def test_failing_entry_is_claimed_retried_then_dead_lettered(make_stream, redis_client):
+    from ferry.handover import StreamConsumer, translate_group
+
+    stream = make_stream(list(payment_events(10, 1)), partitions=1)
+    backfill(stream.config, progress=False)
+    translate_group(stream.config, "g", committed={})
+    crashed = StreamConsumer(stream.config, "g", "crashed", batch=1, block_ms=50)
+    first = crashed.poll()[0]  # delivered, never acknowledged: the consumer died
+    survivor = StreamConsumer(
+        stream.config, "g", "survivor", batch=1, block_ms=50, claim_idle_ms=0, max_failures=2
+    )
+    again = survivor.poll()[0]
+    assert again.entry_id == first.entry_id  # claimed from the dead consumer
+    assert survivor.fail(again, "boom") is False  # first failure: stays pending
+    retry = survivor.poll()[0]
+    assert retry.entry_id == first.entry_id
+    assert survivor.fail(retry, "boom") is True  # second failure: dead-lettered
+    dead = redis_client.xrange(survivor.dead_letter)
+    assert len(dead) == 1 and dead[0][1][b"source_id"] == first.entry_id.encode()
+    assert dead[0][1][b"v"] == first.record.value
+    rest = []
+    for _ in range(20):
+        batch = survivor.poll()
+        if not batch:
+            break
+        rest += batch
+        survivor.ack(*batch)
+    assert [d.record.offset for d in rest] == list(range(1, 10))
+    assert redis_client.xpending(stream.config.redis.stream, "g")["pending"] == 0

@@ -1,0 +1,234 @@
+"""Consumer hand-over: a Kafka group's committed offsets become a Redis consumer group, and
+``StreamConsumer`` reads it so that nothing the Kafka group consumed is delivered again."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import redis
+
+from ferry.config import StreamConfig
+from ferry.entries import KafkaRecord, entry_to_record
+from ferry.errors import FerryError, KafkaError
+from ferry.ingest import MigrationKeys, migration_keys, read_state
+from ferry.redis_target import connect_redis
+from ferry.validate import scan_stream
+
+
+class HandoverError(FerryError):
+    """The group cannot be translated faithfully (say, the mirror is behind it)."""
+
+
+@dataclass(frozen=True)
+class Translation:
+    group: str
+    stream: str
+    committed: dict[int, int]  # next offset the Kafka group would read, per partition
+    start_id: str  # the Redis group starts after this ID
+    entries_read: int  # entries before the first unconsumed one (so XINFO lag is right)
+    skipped_later: int  # entries after start_id the Kafka group had already consumed
+
+
+def group_offsets_key(keys: MigrationKeys, group: str) -> str:
+    return f"{keys.tag}:ferry:group:{group}"
+
+
+def read_committed_offsets(config: StreamConfig, group: str) -> dict[int, int]:
+    """The Kafka group's committed offsets on the topic (partitions without one left out)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from ferry.kafka_confluent import client_settings
+    from ferry.kafka_source import open_source, resolve_bootstrap
+
+    source = open_source(config)
+    try:
+        partitions = source.describe_topic().partitions
+    finally:
+        source.close()
+    admin = AdminClient(client_settings(config.kafka, resolve_bootstrap(config.kafka)))
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(config.kafka.topic, p) for p in partitions]
+    )
+    try:
+        result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    except Exception as exc:  # noqa: BLE001
+        raise KafkaError(f"cannot read the committed offsets of group {group!r}: {exc}") from exc
+    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def plan_translation(entries, committed: dict[int, int]) -> tuple[str, int, int]:
+    """Pure: from stream entries (id, record) in order, the start ID, ENTRIESREAD and how many
+    later entries the group had consumed. The start is just before the earliest entry the
+    Kafka group has not consumed, across partitions."""
+    previous_id = "0-0"
+    start_id, entries_read, index = None, 0, 0
+    skipped = 0
+    for index, (entry_id, record) in enumerate(entries):
+        consumed = record.offset < committed.get(record.partition, 0)
+        if start_id is None:
+            if consumed:
+                previous_id = entry_id
+                continue
+            start_id, entries_read = previous_id, index
+        elif consumed:
+            skipped += 1
+    if start_id is None:  # every entry consumed: start after the last one
+        start_id = previous_id
+        entries_read = index + 1 if previous_id != "0-0" else 0
+    return start_id, entries_read, skipped
+
+
+def translate_group(
+    config: StreamConfig, group: str, committed: dict[int, int] | None = None
+) -> Translation:
+    """Create the Redis consumer group for a Kafka group (merged layout) and store the
+    translated offsets beside it. Refuses when the mirror has not reached the group."""
+    if config.redis.layout != "merged":
+        raise HandoverError(
+            "translate-group handles the merged layout; per-partition layout is not built yet"
+        )
+    committed = read_committed_offsets(config, group) if committed is None else committed
+    client = connect_redis(config)
+    keys = migration_keys(config)
+    starts, frontiers = read_state(client, keys)
+    for p, offset in committed.items():
+        if offset - 1 > frontiers.get(p, -1):
+            raise HandoverError(
+                f"group {group!r} has consumed partition {p} up to offset {offset - 1} but the stream only "
+                f"holds up to {frontiers.get(p, -1)}: let the mirror catch up first"
+            )
+    entries = ((i.decode(), entry_to_record(f)) for i, f in scan_stream(client, keys.stream))
+    start_id, entries_read, skipped = plan_translation(entries, committed)
+    try:
+        client.execute_command(
+            "XGROUP",
+            "CREATE",
+            keys.stream,
+            group,
+            start_id,
+            "MKSTREAM",
+            "ENTRIESREAD",
+            entries_read,
+        )
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            raise HandoverError(f"Redis group {group!r} already exists on {keys.stream}") from exc
+        raise
+    # stored beside the group, with a marker field so an empty translation is recorded too
+    client.hset(
+        group_offsets_key(keys, group),
+        mapping={"translated": 1, **{str(p): o for p, o in committed.items()}},
+    )
+    return Translation(group, keys.stream, dict(committed), start_id, entries_read, skipped)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    entry_id: str
+    record: KafkaRecord
+
+
+class StreamConsumer:
+    """Reads a translated Redis consumer group in batches.
+
+    Entries the Kafka group had consumed are acknowledged without being delivered; entries
+    left pending by a dead consumer are claimed after ``claim_idle_ms``; an entry that failed
+    ``max_failures`` times goes to the dead-letter stream instead of being acknowledged.
+    """
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        group: str,
+        consumer: str | None = None,
+        *,
+        batch: int = 100,
+        block_ms: int = 500,
+        claim_idle_ms: int = 30_000,
+        max_failures: int = 3,
+    ) -> None:
+        self.client = connect_redis(config)
+        self.keys = migration_keys(config)
+        self.stream = self.keys.stream
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
+        self.batch, self.block_ms = batch, block_ms
+        self.claim_idle_ms, self.max_failures = claim_idle_ms, max_failures
+        self.failures_key = f"{group_offsets_key(self.keys, group)}:failures"
+        self.dead_letter = f"{self.keys.tag}:ferry:dead:{group}"
+        raw = self.client.hgetall(group_offsets_key(self.keys, group))
+        if not raw:
+            raise HandoverError(
+                f"group {group!r} was not translated: run 'ferry translate-group' first"
+            )
+        self.committed = {int(k): int(v) for k, v in raw.items() if k != b"translated"}
+        self.skipped = 0
+
+    def poll(self) -> list[Delivery]:
+        """The next entries to process: stale pending ones first, then new ones. Empty only
+        when nothing arrived within ``block_ms`` (skipped entries do not end a poll)."""
+        while True:
+            entries, deliveries = self._read_once()
+            if deliveries or not entries:
+                return deliveries
+
+    def _read_once(self) -> tuple[list, list[Delivery]]:
+        claimed = self.client.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+        )
+        entries = list(claimed[1]) if claimed else []
+        if len(entries) < self.batch:
+            got = self.client.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: ">"},
+                count=self.batch - len(entries),
+                block=self.block_ms,
+            )
+            for _, items in got or []:
+                entries += items
+        deliveries, skip = [], []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending
+                skip.append(entry_id)
+                continue
+            record = entry_to_record(fields)
+            if record.offset < self.committed.get(record.partition, 0):
+                skip.append(entry_id)  # the Kafka group already consumed it
+            else:
+                deliveries.append(Delivery(entry_id.decode(), record))
+        if skip:
+            self.client.xack(self.stream, self.group, *skip)
+            self.skipped += len(skip)
+        return entries, deliveries
+
+    def ack(self, *deliveries: Delivery) -> None:
+        if deliveries:
+            self.client.xack(self.stream, self.group, *[d.entry_id for d in deliveries])
+            self.client.hdel(self.failures_key, *[d.entry_id for d in deliveries])
+
+    def fail(self, delivery: Delivery, reason: str = "") -> bool:
+        """Leave the entry pending for a retry; after ``max_failures`` move it to the
+        dead-letter stream and acknowledge it. True when it was dead-lettered."""
+        failures = self.client.hincrby(self.failures_key, delivery.entry_id, 1)
+        if failures < self.max_failures:
+            return False
+        fields = self.client.xrange(self.stream, delivery.entry_id, delivery.entry_id)[0][1]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(
+            self.dead_letter,
+            {**fields, b"source_id": delivery.entry_id, b"failures": failures, b"reason": reason},
+        )
+        pipe.xack(self.stream, self.group, delivery.entry_id)
+        pipe.hdel(self.failures_key, delivery.entry_id)
+        pipe.execute()
+        return True
+
+    def lag(self) -> int:
+        """Entries not yet delivered to the group (Redis's own count, right thanks to ENTRIESREAD)."""
+        for info in self.client.xinfo_groups(self.stream):
+            if info["name"].decode() == self.group:
+                return int(info.get("lag") or 0)
+        raise HandoverError(f"no group {self.group!r} on {self.stream}")
