@@ -42,15 +42,44 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     if args.follow:
         signal.signal(signal.SIGINT, request_stop)
+    on_batch = on_lag = None
+    if args.metrics_port:
+        on_batch, on_lag = serve_mirror_metrics(args.metrics_port, config.name)
     summary = backfill(
         config,
         follow=args.follow,
         client=args.client,
         progress=not args.no_progress,
         should_stop=lambda: stop["flag"],
+        on_batch=on_batch,
+        on_lag=on_lag,
     )
     print(json.dumps(summary.as_json()))
     return 0
+
+
+def serve_mirror_metrics(port: int, stream: str):
+    """Prometheus endpoint of a running mirror: records written, frontier and lag per partition."""
+    from prometheus_client import Counter, Gauge, start_http_server
+
+    written = Counter("ferry_mirror_records", "records the mirror appended", ["stream"])
+    frontier = Gauge("ferry_mirror_frontier", "last offset in the stream", ["stream", "partition"])
+    lag = Gauge(
+        "ferry_mirror_lag",
+        "records Kafka holds beyond what the mirror read",
+        ["stream", "partition"],
+    )
+    start_http_server(port, addr="127.0.0.1")
+
+    def on_batch(partition: int, offset: int, appended: int) -> None:
+        written.labels(stream).inc(appended)
+        frontier.labels(stream, str(partition)).set(offset)
+
+    def on_lag(values: dict[int, int]) -> None:
+        for partition, value in values.items():
+            lag.labels(stream, str(partition)).set(value)
+
+    return on_batch, on_lag
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -180,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--follow", action="store_true", help="keep tailing after catching up")
     b.add_argument("--client", choices=CLIENTS, help="override kafka.client")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics (lag per partition) on 127.0.0.1:PORT",
+    )
     b.set_defaults(func=cmd_backfill)
 
     v = sub.add_parser("validate", help="compare Kafka and the stream, per partition")

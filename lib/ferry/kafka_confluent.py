@@ -7,6 +7,7 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as CKError
 from confluent_kafka.admin import AdminClient, ConfigResource
+
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
 from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
@@ -172,6 +173,12 @@ class ConfluentSource:
 
     def pause(self, partitions: list[int]) -> None:
         self.consumer.pause([self.assigned[p] for p in partitions])
+
+    def last_known_end(self, partition: int) -> int | None:
+        _, high = self.consumer.get_watermark_offsets(
+            TopicPartition(self.topic, partition), cached=True
+        )
+        return high if high >= 0 else None
 
     def position(self, partition: int) -> int:
         (tp,) = self.consumer.position([TopicPartition(self.topic, partition)])

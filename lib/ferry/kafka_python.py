@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 
+from kafka import KafkaConsumer, TopicPartition
+from kafka import errors as kerr
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
 from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
 from ferry.kafka_source import CONNECT_TIMEOUT_S, TopicInfo
-from kafka import KafkaConsumer, TopicPartition
-from kafka import errors as kerr
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 
 def client_settings(settings: KafkaSettings, bootstrap: str) -> dict:
@@ -154,6 +155,9 @@ class KafkaPythonSource:
 
     def pause(self, partitions: list[int]) -> None:
         self.consumer.pause(*[self.tps[p] for p in partitions])
+
+    def last_known_end(self, partition: int) -> int | None:
+        return self.consumer.highwater(self.tps[partition])
 
     def position(self, partition: int) -> int:
         return self.consumer.position(self.tps[partition])

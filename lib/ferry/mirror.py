@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+
 from ferry.config import StreamConfig
 from ferry.errors import IntegrityError, OffsetRangeError
 from ferry.ingest import (
@@ -128,12 +129,15 @@ def backfill(
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int, int, int], None] | None = None,
+    on_lag: Callable[[dict[int, int]], None] | None = None,
 ) -> BackfillSummary:
     """Copy the topic from the configured start (or the frontier) into the stream.
 
     Without ``follow`` it stops at the high watermarks seen when it started; with ``follow``
     it keeps tailing until ``should_stop()`` returns True. ``on_batch(partition, frontier,
-    appended)`` is called from a writer thread after every accepted batch.
+    appended)`` is called from a writer thread after every accepted batch; ``on_lag(lag)``
+    about once a second with each partition's records between what was read and the end
+    the latest fetch reported.
     """
     target = connect_redis(config)
     check_target(target)
@@ -147,13 +151,13 @@ def backfill(
             starts, frontiers = read_state(target, keys)
         check_resumable(info, frontiers)
         return _run(
-            config, source, target, info, frontiers, follow, progress, should_stop, on_batch
+            config, source, target, info, frontiers, follow, progress, should_stop, on_batch, on_lag
         )
     finally:
         source.close()
 
 
-def _run(config, source, target, info, frontiers, follow, progress, should_stop, on_batch):
+def _run(config, source, target, info, frontiers, follow, progress, should_stop, on_batch, on_lag):
     keys = migration_keys(config)
     gaps_allowed = info.compacted or config.kafka.transactional
     pos = {p: frontiers[p] + 1 for p in info.partitions}
@@ -189,9 +193,13 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         active = [p for p in info.partitions if p not in done]
         if active:
             source.assign({p: pos[p] for p in active})
+        next_lag = 0.0
         while (follow or len(done) < len(info.partitions)) and not should_stop():
             if shared.error is not None:
                 break
+            if on_lag is not None and time.monotonic() >= next_lag:
+                next_lag = time.monotonic() + 1.0
+                on_lag(_read_lag(source, pos, active))
             _apply_refusals(source, shared, pos, generation)
             records = source.poll_records(config.batch_size * 4, 0.2)
             if not records:
@@ -305,6 +313,15 @@ class GapChecks:
 
     def pop(self, partition: int, default=None):
         return self.pending.pop(partition, default)
+
+
+def _read_lag(source, pos: dict[int, int], partitions: list[int]) -> dict[int, int]:
+    lag = {}
+    for p in partitions:
+        end = source.last_known_end(p)
+        if end is not None:
+            lag[p] = max(0, end - pos[p])
+    return lag
 
 
 def _mark_done_by_position(source, pos, ends, done, partitions) -> None:

@@ -263,3 +263,91 @@ def test_failing_entry_is_claimed_retried_then_dead_lettered(make_stream, redis_
         survivor.ack(*batch)
     assert [d.record.offset for d in rest] == list(range(1, 10))
     assert redis_client.xpending(stream.config.redis.stream, "g")["pending"] == 0
+
+
+def scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ferry_mirror")
+    }
+
+
+def test_follow_mirror_process_exposes_lag_and_survives_kill_9(make_stream, redis_client, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+    from ferry.seed import produce_records
+    from ferry.services import free_port
+
+    stream = make_stream(list(payment_events(3000, 2)), partitions=2)
+    config_file = tmp_path / "s.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": stream.config.name,
+                "kafka": {
+                    "bootstrap_servers": stream.bootstrap,
+                    "topic": stream.config.kafka.topic,
+                },
+                "redis": {"url": stream.services.redis_url},
+            }
+        )
+    )
+    keys = migration_keys(stream.config)
+
+    def start():
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferry.cli",
+                "backfill",
+                str(config_file),
+                "--follow",
+                "--no-progress",
+                "--metrics-port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return proc, port
+
+    def wait_for(port, proc, total):
+        for _ in range(3000):  # bounded: the mirror catches up and reports zero lag
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                metrics = scrape(port)
+            except OSError:
+                metrics = {}
+            _, frontiers = read_state(redis_client, keys)
+            lags = [v for k, v in metrics.items() if k.startswith("ferry_mirror_lag{")]
+            if sum(f + 1 for f in frontiers.values()) == total and len(lags) == 2 and not any(lags):
+                return metrics
+            threading.Event().wait(0.01)  # polling the metrics endpoint, bounded by the loop
+        raise AssertionError("the mirror did not catch up")
+
+    proc, port = start()
+    metrics = wait_for(port, proc, 3000)
+    assert sum(v for k, v in metrics.items() if k.startswith("ferry_mirror_records_total")) == 3000
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    produce_records(
+        stream.bootstrap, stream.config.kafka.topic, list(payment_events(500, 2, seed=5))
+    )
+    proc, port = start()  # resumes from the frontier
+    wait_for(port, proc, 3500)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert '"records": 500' in out
+    assert validate_stream(stream.config).ok
