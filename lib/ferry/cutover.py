@@ -39,12 +39,12 @@ def mirror_lag(config: StreamConfig, source=None) -> dict[int, int]:
     own = source is None
     source = source or open_source(config)
     try:
-        info = source.describe_topic()
+        partitions, _, high = source.read_watermarks()
     finally:
         if own:
             source.close()
     _, frontiers = read_state(connect_redis(config), migration_keys(config))
-    return {p: max(0, info.high[p] - (frontiers.get(p, -1) + 1)) for p in info.partitions}
+    return {p: max(0, high[p] - (frontiers.get(p, -1) + 1)) for p in partitions}
 
 
 def cutover_gates(

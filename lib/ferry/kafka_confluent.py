@@ -61,6 +61,7 @@ class ConfluentSource:
             }
         )
         self.assigned: dict[int, TopicPartition] = {}
+        self._probe: Consumer | None = None
 
     # --- metadata -------------------------------------------------------------------------
     def _metadata(self):
@@ -88,6 +89,12 @@ class ConfluentSource:
         return topic
 
     def describe_topic(self) -> TopicInfo:
+        partitions, low, high = self.read_watermarks()
+        policy, retention = self._topic_configs()
+        return TopicInfo(self.topic, partitions, low, high, policy, retention)
+
+    def read_watermarks(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
+        """(partitions, low, high) with the high ends taken from a fetch."""
         topic = self._metadata()
         partitions = tuple(sorted(topic.partitions))
         low, listed = {}, {}
@@ -96,9 +103,7 @@ class ConfluentSource:
                 TopicPartition(self.topic, p), timeout=CONNECT_TIMEOUT_S, cached=False
             )
             low[p], listed[p] = lo, hi
-        high = self._fetch_high_watermarks(low, listed)
-        policy, retention = self._topic_configs()
-        return TopicInfo(self.topic, partitions, low, high, policy, retention)
+        return partitions, low, self._fetch_high_watermarks(low, listed)
 
     def _fetch_high_watermarks(self, low: dict[int, int], listed: dict[int, int]) -> dict[int, int]:
         """The end of each partition as a fetch reports it.
@@ -107,9 +112,11 @@ class ConfluentSource:
         + 1, so a tool that believed it would miss up to a whole batch per partition. A fetch
         from just before that point reaches the end and reports the true high watermark.
         """
-        probe = Consumer(
-            {**self.base, "group.id": "ferry-probe", "fetch.wait.max.ms": 5, **SAFE_SETTINGS}
-        )
+        if self._probe is None:
+            self._probe = Consumer(
+                {**self.base, "group.id": "ferry-probe", "fetch.wait.max.ms": 5, **SAFE_SETTINGS}
+            )
+        probe = self._probe
         try:
             probe.assign([TopicPartition(self.topic, p, max(low[p], listed[p] - 1)) for p in low])
             high: dict[int, int] = {}
@@ -121,7 +128,7 @@ class ConfluentSource:
                         f"{self.topic!r}: no end-of-partition from the broker for partitions "
                         f"{missing} within {CONNECT_TIMEOUT_S * 3:.0f}s"
                     )
-                for m in probe.consume(10_000, 0.5):
+                for m in probe.consume(1000, 0.05):
                     err = m.error()
                     if err is not None and err.code() == CKError._PARTITION_EOF:
                         high.setdefault(m.partition(), m.offset())
@@ -129,7 +136,7 @@ class ConfluentSource:
                         raise KafkaError(f"probing the end of {self.topic!r}: {err.str()}")
             return high
         finally:
-            probe.close()
+            probe.unassign()
 
     def _topic_configs(self) -> tuple[str, int | None]:
         admin = AdminClient(self.base)
@@ -223,4 +230,6 @@ class ConfluentSource:
         return out
 
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
         self.consumer.close()

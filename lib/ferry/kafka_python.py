@@ -70,13 +70,17 @@ class KafkaPythonSource:
         return sorted(parts)
 
     def describe_topic(self) -> TopicInfo:
+        partitions, low, high = self.read_watermarks()
+        policy, retention = self._topic_configs()
+        return TopicInfo(self.topic, partitions, low, high, policy, retention)
+
+    def read_watermarks(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
+        """(partitions, low, high) with the high ends taken from a fetch."""
         partitions = self._partitions()
         tps = [TopicPartition(self.topic, p) for p in partitions]
         low = {tp.partition: off for tp, off in self.consumer.beginning_offsets(tps).items()}
         listed = {tp.partition: off for tp, off in self.consumer.end_offsets(tps).items()}
-        high = self._fetch_high_watermarks(low, listed)
-        policy, retention = self._topic_configs()
-        return TopicInfo(self.topic, tuple(partitions), low, high, policy, retention)
+        return tuple(partitions), low, self._fetch_high_watermarks(low, listed)
 
     def _fetch_high_watermarks(self, low: dict[int, int], listed: dict[int, int]) -> dict[int, int]:
         """The end of each partition as a fetch reports it (ListOffsets(latest) on Tansu 0.6

@@ -18,6 +18,7 @@ from ferry.phases import (
     now_ms,
     read_events,
     read_phase,
+    read_writers,
     report_writer,
     set_phase,
     start_draining,
@@ -161,13 +162,10 @@ def test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending(
     producer = threading.Thread(target=traffic)
     producer.start()
     try:
-        for _ in range(1000):  # let the writer acknowledge dual-write first
-            if all(
-                w.acked_epoch == read_phase(redis_client, keys).epoch
-                for w in __import__("ferry.phases", fromlist=["read_writers"]).read_writers(
-                    redis_client, keys
-                )
-            ):
+        for _ in range(1000):  # writers run before a cutover: wait for deliveries and the ack
+            epoch = read_phase(redis_client, keys).epoch
+            acked = all(w.acked_epoch == epoch for w in read_writers(redis_client, keys))
+            if acked and writer.counts.written_redis >= 50:
                 break
             stop.wait(0.01)
         report = run_cutover(stream.config, pause_bound_s=3.0)
@@ -179,7 +177,7 @@ def test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending(
         mirror.close()
     assert read_phase(redis_client, keys).phase == REDIS_PRIMARY
     print("cutover:", report, "records sent live:", len(sent))
-    assert report.pause_ms < 3000
+    assert report.pause_ms < 1000  # the target: p99 <= 1 s
     assert all(v == 0 for v in report.lag_at_switch.values())
     # every record the writer sent before the switch is in Redis, once, in order
     assert validate_stream(stream.config).ok
