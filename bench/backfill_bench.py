@@ -53,6 +53,7 @@ def seed(bootstrap: str, topic: str, records: int) -> None:
 
 def raw_read_confluent(bootstrap: str, topic: str, records: int) -> float:
     from confluent_kafka import Consumer, TopicPartition
+
     from ferry.kafka_confluent import SAFE_SETTINGS
 
     # the best bare-loop settings found on this broker: defaults, 5 ms fetch wait, consume(1000)

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+
 from ferry.config import StreamConfig
 from ferry.entries import FIELDS, KafkaRecord, record_args
 from ferry.kafka_source import KafkaSource

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
 from ferry.errors import ConfigError
 
 STREAMS_DIR = Path("runbook/streams")

@@ -82,7 +82,7 @@ class DualWriter:
             {
                 "bootstrap.servers": resolve_bootstrap(config.kafka),
                 "enable.idempotence": True,
-                "linger.ms": 2,
+                "linger.ms": 5,  # Tansu reads back 1-record batches very slowly
                 **(producer_settings or {}),
             }
         )

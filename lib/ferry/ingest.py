@@ -7,6 +7,7 @@ from importlib import resources
 
 import hiredis
 import redis
+
 from ferry.config import StreamConfig
 from ferry.entries import KafkaRecord, record_args
 from ferry.errors import ForeignStreamError, IntegrityError, NotArmedError

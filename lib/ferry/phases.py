@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+
 from ferry.errors import FerryError
 from ferry.ingest import MigrationKeys, _script
 

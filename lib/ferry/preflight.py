@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+
 from ferry.config import StreamConfig
 from ferry.entries import FIELDS
 from ferry.errors import FerryError
@@ -89,6 +90,7 @@ def _consumer_groups(config: StreamConfig, info: TopicInfo) -> list[dict]:
     listing groups is inventory, not a gate)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
+
     from ferry.kafka_confluent import client_settings
     from ferry.kafka_source import resolve_bootstrap
 

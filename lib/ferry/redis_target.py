@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass
 
 import redis
+
 from ferry.config import RedisSettings, StreamConfig
 from ferry.errors import RedisTargetError
 

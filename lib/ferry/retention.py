@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import redis
 import yaml
+
 from ferry.config import StreamConfig
 from ferry.ingest import _script, migration_keys, read_state
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
 from ferry.errors import ConfigError
 
 STEPS_FILE = Path("runbook/steps.yaml")

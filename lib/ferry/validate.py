@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import redis
+
 from ferry.config import StreamConfig
 from ferry.entries import KafkaRecord, entry_to_record, record_digest
 from ferry.errors import FerryError, KafkaError

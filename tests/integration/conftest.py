@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from ferry.config import StreamConfig, parse_config
 from ferry.seed import SeedRecord, create_topic, produce_records
 from ferry.services import Services, start_services, stop_services

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import redis
 from confluent_kafka import Consumer, TopicPartition
+
 from ferry.entries import KafkaRecord, entry_to_record
 from ferry.seed import SeedRecord
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import redis
+
 from ferry.errors import ForeignStreamError, KafkaError, RedisTargetError, TopicNotFoundError
 from ferry.mirror import backfill
 from ferry.seed import payment_events

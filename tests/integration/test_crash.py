@@ -8,6 +8,7 @@ import time
 
 import pytest
 import yaml
+
 from ferry.ingest import migration_keys, read_state
 from ferry.seed import payment_events
 from ferry.validate import validate_stream

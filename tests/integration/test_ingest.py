@@ -1,6 +1,7 @@
 """The ingest script's rule, checked on the real servers: continue, replay, refuse."""
 
 import pytest
+
 from ferry.entries import KafkaRecord, entry_id_ms
 from ferry.errors import ForeignStreamError, IntegrityError, NotArmedError
 from ferry.ingest import Ingestor, MigrationKeys, arm_migration, read_state

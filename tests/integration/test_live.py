@@ -2,8 +2,10 @@
 
 import threading
 
-import ferry
 import pytest
+from prometheus_client import CollectorRegistry
+
+import ferry
 from ferry.cutover import CutoverAborted, mirror_lag, run_cutover
 from ferry.dualwriter import PhaseNotSupported
 from ferry.ingest import migration_keys, read_state
@@ -26,7 +28,6 @@ from ferry.phases import (
 )
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
-from prometheus_client import CollectorRegistry
 
 from .helpers import by_partition, read_redis_records
 
@@ -281,6 +282,7 @@ def test_follow_mirror_process_exposes_lag_and_survives_kill_9(make_stream, redi
     import sys
 
     import yaml
+
     from ferry.seed import produce_records
     from ferry.services import free_port
 

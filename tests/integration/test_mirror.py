@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
+
 from ferry.entries import entry_id_ms
 from ferry.ingest import migration_keys, read_state
 from ferry.mirror import backfill

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import yaml
+
 from ferry.config import TrimPolicy
 from ferry.mirror import backfill
 from ferry.retention import read_trimmed, render_scaled_object, trim_stream

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ferry.audit import verify_archive
 from ferry.config import load_config
 from ferry.ingest import migration_keys

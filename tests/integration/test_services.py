@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from ferry.errors import ServiceError
 from ferry.services import find_redis_binary, probe_kafka, probe_redis
 

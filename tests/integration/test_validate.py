@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import yaml
+
 from ferry.entries import FIELDS, record_args
 from ferry.mirror import backfill
 from ferry.seed import payment_events

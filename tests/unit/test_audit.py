@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from ferry.audit import build_manifest, verify_archive
 
 

@@ -1,6 +1,7 @@
 import textwrap
 
 import pytest
+
 from ferry.config import SecretRef, load_config, parse_config, parse_start
 from ferry.errors import ConfigError
 

@@ -1,4 +1,5 @@
 import pytest
+
 from ferry.entries import (
     FIELDS,
     KafkaRecord,

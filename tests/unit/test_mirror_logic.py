@@ -1,4 +1,5 @@
 import pytest
+
 from ferry.entries import KafkaRecord
 from ferry.errors import IntegrityError, OffsetRangeError
 from ferry.kafka_source import TopicInfo

@@ -1,4 +1,5 @@
 import pytest
+
 from ferry.phases import PHASES, TRANSITIONS, IllegalTransition, WriterInfo, check_transition
 
 

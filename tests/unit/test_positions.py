@@ -1,4 +1,5 @@
 import pytest
+
 from ferry.positions import find_offset_for_time
 
 # offset -> timestamp; offsets 3, 4 and 8 are gaps (compaction or transaction markers)

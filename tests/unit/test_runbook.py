@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ferry.errors import ConfigError
 from ferry.runbook import Step, load_steps, plan_run, project_root
 

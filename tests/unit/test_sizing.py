@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from ferry.sizing import (
     GB,
     SizingInputs,
