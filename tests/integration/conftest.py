@@ -53,6 +53,14 @@ class StreamFixture:
     config: StreamConfig
     services: Services
     records: list[SeedRecord]  # what was produced, in order
+    doc: dict  # the config document the stream was made from
+
+    def write_config(self, path: Path, **extra) -> Path:
+        """The stream's config as a YAML file (for the CLI), with ``extra`` top-level fields."""
+        import yaml
+
+        path.write_text(yaml.safe_dump({**self.doc, **extra}))
+        return path
 
     @property
     def bootstrap(self) -> str:
@@ -94,7 +102,7 @@ def make_stream(services, redis_client, request):
         }
         config = parse_config(doc, f"<test {name}>")
         made.append(config)
-        return StreamFixture(config, services, list(records))
+        return StreamFixture(config, services, list(records), doc)
 
     yield make
     for config in made:

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import yaml
 
 from ferry.ingest import migration_keys, read_state
 from ferry.seed import payment_events
@@ -36,21 +35,7 @@ def test_kill_9_mid_backfill_then_resume(make_stream, redis_client, tmp_path, cl
     stream = make_stream(
         list(payment_events(RECORDS, PARTITIONS)), partitions=PARTITIONS, client=client
     )
-    config_file = tmp_path / "stream.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": stream.config.name,
-                "kafka": {
-                    "bootstrap_servers": stream.bootstrap,
-                    "topic": stream.config.kafka.topic,
-                    "client": client,
-                },
-                "redis": {"url": stream.services.redis_url},
-                "batch_size": 500,
-            }
-        )
-    )
+    config_file = stream.write_config(tmp_path / "stream.yaml", batch_size=500)
     keys = migration_keys(stream.config)
     cmd = [sys.executable, "-m", "ferry.cli", "backfill", str(config_file), "--no-progress"]
     kill_points = [1, RECORDS // 4, RECORDS // 2, 3 * RECORDS // 4]

@@ -281,25 +281,11 @@ def test_follow_mirror_process_exposes_lag_and_survives_kill_9(make_stream, redi
     import subprocess
     import sys
 
-    import yaml
-
     from ferry.seed import produce_records
     from ferry.services import free_port
 
     stream = make_stream(list(payment_events(3000, 2)), partitions=2)
-    config_file = tmp_path / "s.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": stream.config.name,
-                "kafka": {
-                    "bootstrap_servers": stream.bootstrap,
-                    "topic": stream.config.kafka.topic,
-                },
-                "redis": {"url": stream.services.redis_url},
-            }
-        )
-    )
+    config_file = stream.write_config(tmp_path / "s.yaml")
     keys = migration_keys(stream.config)
 
     def start():

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import yaml
-
 from ferry.entries import FIELDS, record_args
 from ferry.mirror import backfill
 from ferry.seed import payment_events
@@ -83,19 +81,7 @@ def test_entry_that_kafka_never_had_is_extra(make_stream, redis_client):
 
 def test_cli_json_and_exit_status(make_stream, redis_client, tmp_path):
     stream, entries = seeded(make_stream, redis_client, n=500, partitions=2)
-    config_file = tmp_path / "s.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": stream.config.name,
-                "kafka": {
-                    "bootstrap_servers": stream.bootstrap,
-                    "topic": stream.config.kafka.topic,
-                },
-                "redis": {"url": stream.services.redis_url},
-            }
-        )
-    )
+    config_file = stream.write_config(tmp_path / "s.yaml")
     cmd = [sys.executable, "-m", "ferry.cli", "validate", str(config_file), "--json"]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ)
     assert ok.returncode == 0, ok.stderr
