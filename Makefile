@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: demo test bench lint format lab services-up services-down clean
+.PHONY: demo test bench bench-live lint format lab services-up services-down clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	bash scripts/ensure-system-packages
 	$(PY) bench/backfill_bench.py
+
+bench-live: $(VENV)/.dev
+	$(PY) bench/live_bench.py
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check lib tests bench conftest.py

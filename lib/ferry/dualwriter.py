@@ -68,6 +68,7 @@ class DualWriter:
         hold_bound_s: float = 5.0,
         poll_interval_s: float = 0.2,
         registry=None,
+        track_latency: bool = False,
     ) -> None:
         from confluent_kafka import Producer
 
@@ -88,6 +89,8 @@ class DualWriter:
         )
         self.counts = WriterCounts()
         self.holds_ms: list[float] = []
+        # delivery report -> written to Redis, per record, when tracked (for the benchmark)
+        self.visibility_ms: list[float] | None = [] if track_latency else None
         self._lock = threading.Lock()
         self._phase_changed = threading.Condition(self._lock)
         state = read_phase(self.redis, self.keys)
@@ -97,6 +100,8 @@ class DualWriter:
         self._in_flight = 0
         self._closing = threading.Event()
         self._metrics = _Metrics(registry, self.writer_id) if registry is not None else None
+        self._deliver_mirrored = self._on_delivery(True)  # built once: send() is the hot path
+        self._deliver_plain = self._on_delivery(False)
         self._threads = [
             threading.Thread(target=self._poll_deliveries, daemon=True, name="ferry-deliveries"),
             threading.Thread(target=self._write_redis, daemon=True, name="ferry-redis"),
@@ -203,7 +208,7 @@ class DualWriter:
             )
             with self._lock:
                 if mirror:
-                    self._delivered.append(record)
+                    self._delivered.append((record, time.monotonic()))
                 else:
                     self._in_flight -= 1
 
@@ -221,33 +226,49 @@ class DualWriter:
             if not batch:
                 time.sleep(0.002)  # idle: nothing delivered yet
                 continue
-            calls = [(r.partition, [r.partition, r.offset, *record_args(r)]) for r in batch]
+            runs = consecutive_runs(batch)
+            calls = []
+            for run in runs:
+                first = run[0][0]
+                args: list = [first.partition, first.offset]
+                for record, _ in run:
+                    args += record_args(record)
+                calls.append((first.partition, args))
             try:
                 replies = self.ingestor.call_many(calls)
             except Exception:  # noqa: BLE001 - Redis down: Kafka has the records, the mirror brings them
-                replies = [None] * len(batch)
-            for record, reply in zip(batch, replies, strict=True):
-                self._count_reply(record, reply)
+                replies = [None] * len(calls)
+            done = time.monotonic()
+            for run, reply in zip(runs, replies, strict=True):
+                appended = self._count_reply(run, reply)
+                if self.visibility_ms is not None:
+                    self.visibility_ms += [
+                        (done - at) * 1000 for _, at in run[len(run) - appended :]
+                    ]
             with self._lock:
                 self._in_flight -= len(batch)
 
-    def _count_reply(self, record: KafkaRecord, reply) -> None:
+    def _count_reply(self, run: list, reply) -> int:
+        """Count what Redis did with one run of consecutive offsets; returns how many of its
+        records (the last ones) this writer appended."""
+        n = len(run)
         if reply is None or isinstance(reply, Exception):
-            self.counts.deferred_to_mirror += 1
-            if self._metrics:
-                self._metrics.deferred.inc()
-            return
-        result = parse_reply(record.partition, reply)
-        if result.appended:
-            self.counts.written_redis += 1
-            if self._metrics:
-                self._metrics.written.inc()
-        elif result.refused:
-            self.counts.deferred_to_mirror += 1
-            if self._metrics:
-                self._metrics.deferred.inc()
-        else:
-            self.counts.already_in_redis += 1
+            self._add(deferred=n)
+            return 0
+        result = parse_reply(run[0][0].partition, reply)
+        if result.refused:
+            self._add(deferred=n)
+            return 0
+        self._add(written=result.appended, already=n - result.appended)
+        return result.appended
+
+    def _add(self, written: int = 0, deferred: int = 0, already: int = 0) -> None:
+        self.counts.written_redis += written
+        self.counts.deferred_to_mirror += deferred
+        self.counts.already_in_redis += already
+        if self._metrics:
+            self._metrics.written.inc(written)
+            self._metrics.deferred.inc(deferred)
 
     def _follow_phase(self) -> None:
         last_report = 0.0
@@ -285,6 +306,26 @@ class DualWriter:
                 self.counts.sent,
             ),
         )
+
+
+def consecutive_runs(delivered: list) -> list[list]:
+    """Group (record, delivered_at) pairs into runs of one partition with consecutive offsets.
+
+    A run is safe as one ingest call with ``read_from`` = its first offset: there is no gap
+    inside it that another producer's records could fill. Order within a partition is kept.
+    """
+    runs: list[list] = []
+    last: dict[int, list] = {}
+    for item in sorted(delivered, key=lambda pair: (pair[0].partition, pair[0].offset)):
+        record = item[0]
+        run = last.get(record.partition)
+        if run is not None and run[-1][0].offset + 1 == record.offset:
+            run.append(item)
+        else:
+            run = [item]
+            runs.append(run)
+            last[record.partition] = run
+    return runs
 
 
 class _Metrics:
