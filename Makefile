@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: demo test bench bench-live lint format lab services-up services-down clean
+.PHONY: demo test soak bench bench-live lint format lab services-up services-down clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.dev
 	bash scripts/ensure-system-packages
 	$(PY) -m pytest
+
+soak: $(VENV)/.dev
+	bash scripts/ensure-system-packages
+	$(PY) -m pytest tests/soak -m soak -s
 
 bench: $(VENV)/.dev
 	bash scripts/ensure-system-packages

@@ -189,6 +189,23 @@ def cmd_translate_group(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_traffic(args: argparse.Namespace) -> int:
+    from ferry.traffic import generate_traffic
+
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
+    counts = generate_traffic(
+        load_config(args.stream),
+        rate=args.rate,
+        seconds=args.seconds,
+        should_stop=lambda: stop["flag"],
+        seed=args.seed,
+    )
+    print(json.dumps(counts))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ferry.demo import run_demo
 
@@ -258,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("stream")
     tg.add_argument("group")
     tg.set_defaults(func=cmd_translate_group)
+
+    tr = sub.add_parser("traffic", help="send payment events through a DualWriter at a steady rate")
+    tr.add_argument("stream")
+    tr.add_argument("--rate", type=float, default=2000.0, help="msg/s")
+    tr.add_argument("--seconds", type=float, help="stop after this long (default: until SIGTERM)")
+    tr.add_argument("--seed", type=int, default=1)
+    tr.set_defaults(func=cmd_traffic)
 
     sd = sub.add_parser("seed-demo", help="create and fill the demo topic on the running services")
     sd.add_argument("--records", type=int, default=200_000)

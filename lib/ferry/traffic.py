@@ -1,0 +1,48 @@
+"""A payment-event traffic generator that writes through ``DualWriter`` at a steady rate."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+
+from ferry.config import StreamConfig
+
+
+def generate_traffic(
+    config: StreamConfig,
+    *,
+    rate: float,
+    seconds: float | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    seed: int = 1,
+) -> dict:
+    """Send payment events at ``rate`` msg/s until ``seconds`` pass or ``should_stop()``;
+    returns the writer's counts. Stops cleanly (flushes) when the phase leaves dual-write."""
+    from ferry.dualwriter import DualWriter, PhaseNotSupported
+
+    rng = random.Random(seed)
+    writer = DualWriter(config, poll_interval_s=0.1)
+    began = time.monotonic()
+    sent = 0
+    try:
+        while not should_stop() and (seconds is None or time.monotonic() - began < seconds):
+            event = {
+                "id": f"live_{seed}_{sent}",
+                "amount_minor": rng.randrange(1, 10**6),
+                "currency": "EUR",
+            }
+            try:
+                writer.send(
+                    json.dumps(event).encode(), key=f"acct_{rng.randrange(10_000):05d}".encode()
+                )
+            except PhaseNotSupported:
+                break
+            sent += 1
+            ahead = sent / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)  # pacing to the requested rate
+    finally:
+        writer.close()
+    return {**writer.counts.__dict__, "seconds": round(time.monotonic() - began, 2)}
