@@ -440,3 +440,53 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
         offsets = [o for q, o in seen_redis if q == p]
         assert offsets == sorted(offsets)
         assert not offsets or offsets[0] == position.get(p, 0)
+
+
+def test_rollback_plan_then_act_and_writers_follow(make_stream, redis_client):
+    from ferry.phases import KAFKA_ONLY, REDIS_ONLY, complete_cutover, finish_migration
+    from ferry.rollback import plan_rollback, roll_back
+
+    stream = make_stream(list(payment_events(100, 1)), partitions=1)
+    keys = migration_keys(stream.config)
+    assert plan_rollback(stream.config).target is None  # kafka-only: nothing to roll back
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+    try:
+        start_draining(redis_client, keys, "test")
+        plan = plan_rollback(stream.config)
+        assert (plan.phase, plan.target, plan.live_writers) == (DRAINING, DUAL_WRITE, 1)
+        assert "cutover is aborted" in plan.restores
+        phase, behind = roll_back(stream.config, plan)
+        assert (phase, behind) == (DUAL_WRITE, [])
+        phase, behind = roll_back(stream.config, plan_rollback(stream.config))
+        assert (phase, behind) == (KAFKA_ONLY, [])
+        writer.send(b"after rollback")  # kafka-only: still accepted, Kafka only
+        writer.flush()
+    finally:
+        writer.close()
+    start_dual_write(redis_client, keys, "again")
+    start_draining(redis_client, keys, "again")
+    complete_cutover(redis_client, keys, "again")
+    assert "pointed back at their Kafka group" in plan_rollback(stream.config).cannot
+    finish_migration(redis_client, keys, "done")
+    final = plan_rollback(stream.config)
+    assert (final.phase, final.target) == (REDIS_ONLY, None)
+    assert "no longer possible" in final.cannot
+
+
+def test_rollback_step_runs_on_demand(make_stream, redis_client, tmp_path):
+    from ferry.runner import run_runbook
+
+    stream = make_stream(list(payment_events(100, 1)), partitions=1)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    start_draining(redis_client, keys, "test")
+    config_file = stream.write_config(tmp_path / "s.yaml")
+    result = run_runbook(
+        str(config_file), only="99", audit_root=tmp_path / "audit", echo=lambda s: None
+    )
+    assert result.ok and [s.id for s in result.steps] == ["99"]
+    assert read_phase(redis_client, keys).phase == DUAL_WRITE
+    assert (result.folder / "rollback.json").exists()
