@@ -6,6 +6,7 @@
   the paced traffic, before the cutover starts;
 - cutover pause under paced live traffic (default 5,000 msg/s): the pause from draining
   to redis-primary and the holds the writer's senders saw (p50/p99/max), over RUNS cutovers.
+  The mirror follows in its own process (``ferry backfill --follow``), as in production.
 
 Usage: python bench/live_bench.py [--records N] [--rate R] [--runs K]
 """
@@ -84,16 +85,36 @@ def send_path(config, bootstrap: str, records: int) -> tuple[float, float]:
 
 
 def cutover_under_load(config, rate: int, warmup_s: float = 2.0) -> dict:
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
     import ferry
     from ferry.cutover import run_cutover
     from ferry.dualwriter import PhaseNotSupported
-    from ferry.mirror import backfill
 
     stop = threading.Event()
-    mirror = threading.Thread(
-        target=lambda: backfill(config, follow=True, progress=False, should_stop=stop.is_set)
+    # the mirror runs as its own process, as it does in production
+    config_file = Path(tempfile.mkdtemp()) / f"{config.name}.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "name": config.name,
+        "kafka": {"bootstrap_servers": config.kafka.bootstrap_servers, "topic": config.kafka.topic},
+        "redis": {"url": config.redis.url, "stream": config.redis.stream},
+    }))  # fmt: skip
+    mirror = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ferry.cli",
+            "backfill",
+            str(config_file),
+            "--follow",
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
     )
-    mirror.start()
     writer = ferry.DualWriter(config, poll_interval_s=0.05, hold_bound_s=5.0, track_latency=True)
     sent = [0]
 
@@ -120,7 +141,8 @@ def cutover_under_load(config, rate: int, warmup_s: float = 2.0) -> dict:
         producer.join(timeout=30)
         writer.flush()
         writer.close()
-        mirror.join(timeout=60)
+        mirror.send_signal(signal.SIGTERM)
+        mirror.wait(timeout=60)
     holds = writer.holds_ms
     return {
         "pause_ms": report.pause_ms,
