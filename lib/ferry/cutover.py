@@ -29,8 +29,8 @@ class CutoverAborted(FerryError):
 @dataclass(frozen=True)
 class CutoverReport:
     epoch: int
-    pause_ms: float  # from draining to redis-primary
-    writers: dict[str, float] = field(default_factory=dict)  # longest hold each writer saw (ms)
+    pause_ms: float  # from draining to redis-primary, as the coordinator saw it
+    writers: dict[str, float] = field(default_factory=dict)  # draining as each writer saw it (ms)
     lag_at_switch: dict[int, int] = field(default_factory=dict)
 
 
@@ -71,6 +71,19 @@ def cutover_gates(
     ]
 
 
+def _writer_pauses(
+    client, keys, epoch: int, writer_ids: list[str], wait_s: float = 2.0
+) -> dict[str, float]:
+    """Each writer reports the draining it saw when it acknowledges the new epoch (after the
+    switch, so waiting here does not lengthen the pause); writers that do not are left out."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        acked = {w.writer_id: w for w in read_writers(client, keys) if w.acked_epoch == epoch}
+        if set(writer_ids) <= set(acked) or time.monotonic() > deadline:
+            return {i: acked[i].last_drain_ms for i in writer_ids if i in acked}
+        time.sleep(0.02)  # the writers' next phase poll, bounded by wait_s
+
+
 def run_cutover(
     config: StreamConfig, *, pause_bound_s: float = 1.0, lag_threshold: int = 10_000
 ) -> CutoverReport:
@@ -97,9 +110,8 @@ def run_cutover(
             if not behind and lag is not None and not any(lag.values()):
                 done = complete_cutover(client, keys, reason="drained")
                 pause = (time.monotonic() - began) * 1000
-                report = CutoverReport(
-                    done.epoch, pause, {w.writer_id: w.max_hold_ms for w in live}, lag
-                )
+                writers = _writer_pauses(client, keys, done.epoch, [w.writer_id for w in live])
+                report = CutoverReport(done.epoch, pause, writers, lag)
                 log_event(
                     client, keys, "cutover", ok=True, pause_ms=round(pause, 1), epoch=done.epoch
                 )

@@ -89,6 +89,8 @@ class DualWriter:
         )
         self.counts = WriterCounts()
         self.holds_ms: list[float] = []
+        self.last_drain_ms = 0.0
+        self._drain_began: float | None = None
         # delivery report -> written to Redis, per record, when tracked (for the benchmark)
         self.visibility_ms: list[float] | None = [] if track_latency else None
         self._lock = threading.Lock()
@@ -136,7 +138,7 @@ class DualWriter:
             "key": key,
             "value": value,
             "headers": headers,
-            "on_delivery": self._on_delivery(mirror),
+            "on_delivery": self._deliver_mirrored if mirror else self._deliver_plain,
         }
         if partition is not None:
             kwargs["partition"] = partition
@@ -279,6 +281,11 @@ class DualWriter:
                 continue
             with self._lock:
                 if (state.phase, state.epoch) != (self.phase, self.epoch):
+                    if state.phase == DRAINING:
+                        self._drain_began = time.monotonic()
+                    elif self.phase == DRAINING and self._drain_began is not None:
+                        # the pause this writer's callers saw: draining as the writer saw it
+                        self.last_drain_ms = (time.monotonic() - self._drain_began) * 1000
                     self.phase, self.epoch = state.phase, state.epoch
                     self._phase_changed.notify_all()
                 drained = self._in_flight == 0 and not self._delivered
@@ -304,6 +311,7 @@ class DualWriter:
                 self.phase,
                 max(self.holds_ms, default=0.0),
                 self.counts.sent,
+                self.last_drain_ms,
             ),
         )
 

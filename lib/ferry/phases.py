@@ -48,8 +48,9 @@ class WriterInfo:
     heartbeat_ms: int
     acked_epoch: int
     phase: str
-    max_hold_ms: float = 0.0
+    max_hold_ms: float = 0.0  # the longest any send() of this writer was held
     sent: int = 0
+    last_drain_ms: float = 0.0  # how long this writer saw the last draining phase last
 
     def live(self, now_ms: int, ttl_s: float = WRITER_TTL_S) -> bool:
         return now_ms - self.heartbeat_ms <= ttl_s * 1000

@@ -179,6 +179,8 @@ def test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending(
     assert read_phase(redis_client, keys).phase == REDIS_PRIMARY
     print("cutover:", report, "records sent live:", len(sent))
     assert report.pause_ms < 1000  # the target: p99 <= 1 s
+    assert set(report.writers) == {writer.writer_id}  # the pause the writer saw is reported...
+    assert 0 < report.writers[writer.writer_id] < 1000  # ...and bounded too
     assert all(v == 0 for v in report.lag_at_switch.values())
     # every record the writer sent before the switch is in Redis, once, in order
     assert validate_stream(stream.config).ok
