@@ -71,3 +71,32 @@ def read_kafka_raw(bootstrap: str, topic: str, partitions: int) -> dict[int, lis
     finally:
         consumer.close()
     return dict(out)
+
+
+def ferry_cli(*args: object) -> list[str]:
+    """The command line that runs ``ferry`` with this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "ferry.cli", *map(str, args)]
+
+
+def wait_for_mirror(config, deadline: float) -> None:
+    """Until the mirror has copied everything Kafka holds; fails past ``deadline`` (monotonic)."""
+    import threading
+    import time
+
+    from ferry.cutover import mirror_lag
+
+    while any(lag := mirror_lag(config).values()):
+        assert time.monotonic() < deadline, f"mirror still behind: {list(lag)}"
+        threading.Event().wait(0.05)  # polling the lag, bounded by the deadline
+
+
+def stop_processes(procs) -> None:
+    """SIGTERM whatever still runs and wait for it."""
+    import signal
+
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)

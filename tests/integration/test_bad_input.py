@@ -1,7 +1,6 @@
 """Bad input: each a clear error naming what is wrong, and nothing written."""
 
 import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -11,6 +10,8 @@ from ferry.errors import ForeignStreamError, KafkaError, RedisTargetError, Topic
 from ferry.mirror import backfill
 from ferry.seed import payment_events
 from ferry.services import free_port
+
+from .helpers import ferry_cli
 
 
 def tagged_keys(client, config):
@@ -103,7 +104,7 @@ def test_cli_reports_invalid_config_field(tmp_path):
         "name: x\nkafka: {bootstrap_servers: k, topic: t, client: java}\nredis: {url: 'redis://r'}\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "ferry.cli", "backfill", str(bad)],
+        ferry_cli("backfill", bad),
         capture_output=True,
         text=True,
         timeout=60,

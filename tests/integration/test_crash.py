@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -11,6 +10,8 @@ import pytest
 from ferry.ingest import migration_keys, read_state
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
+
+from .helpers import ferry_cli
 
 RECORDS = 240_000
 PARTITIONS = 4
@@ -37,7 +38,7 @@ def test_kill_9_mid_backfill_then_resume(make_stream, redis_client, tmp_path, cl
     )
     config_file = stream.write_config(tmp_path / "stream.yaml", batch_size=500)
     keys = migration_keys(stream.config)
-    cmd = [sys.executable, "-m", "ferry.cli", "backfill", str(config_file), "--no-progress"]
+    cmd = ferry_cli("backfill", config_file, "--no-progress")
     kill_points = [1, RECORDS // 4, RECORDS // 2, 3 * RECORDS // 4]
     killed_at = []
     for point in kill_points:

@@ -29,7 +29,7 @@ from ferry.phases import (
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
 
-from .helpers import by_partition, read_redis_records
+from .helpers import by_partition, ferry_cli, read_redis_records
 
 
 def test_transitions_are_logged_with_epochs_and_illegal_ones_refused(make_stream, redis_client):
@@ -281,7 +281,6 @@ def test_follow_mirror_process_exposes_lag_and_survives_kill_9(make_stream, redi
     import os
     import signal
     import subprocess
-    import sys
 
     from ferry.seed import produce_records
     from ferry.services import free_port
@@ -293,17 +292,7 @@ def test_follow_mirror_process_exposes_lag_and_survives_kill_9(make_stream, redi
     def start():
         port = free_port()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ferry.cli",
-                "backfill",
-                str(config_file),
-                "--follow",
-                "--no-progress",
-                "--metrics-port",
-                str(port),
-            ],
+            ferry_cli("backfill", config_file, "--follow", "--no-progress", "--metrics-port", port),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

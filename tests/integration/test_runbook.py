@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from ferry.config import load_config
 from ferry.ingest import migration_keys
 from ferry.runner import run_runbook
 from ferry.seed import awkward_records, create_topic, payment_events, produce_records
+
+from .helpers import ferry_cli
 
 SENTINEL = "s3ntinel-Pa55w0rd-8d1f"
 PARTITIONS = 4
@@ -107,7 +108,7 @@ def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_
     data[len(data) // 2] ^= 0x20
     target.write_bytes(bytes(data))
     done = subprocess.run(
-        [sys.executable, "-m", "ferry.cli", "audit", "verify", str(folder)],
+        ferry_cli("audit", "verify", folder),
         capture_output=True,
         text=True,
         timeout=60,

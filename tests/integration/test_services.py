@@ -3,17 +3,18 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from ferry.errors import ServiceError
 from ferry.services import find_redis_binary, probe_kafka, probe_redis
 
+from .helpers import ferry_cli
+
 
 def ferry(*args, env=None, timeout=60):
     return subprocess.run(
-        [sys.executable, "-m", "ferry.cli", *args],
+        ferry_cli(*args),
         capture_output=True,
         text=True,
         timeout=timeout,

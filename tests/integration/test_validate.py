@@ -3,14 +3,13 @@
 import json
 import os
 import subprocess
-import sys
 
 from ferry.entries import FIELDS, record_args
 from ferry.mirror import backfill
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
 
-from .helpers import read_redis_records
+from .helpers import ferry_cli, read_redis_records
 
 
 def seeded(make_stream, redis_client, n=3000, partitions=3):
@@ -82,7 +81,7 @@ def test_entry_that_kafka_never_had_is_extra(make_stream, redis_client):
 def test_cli_json_and_exit_status(make_stream, redis_client, tmp_path):
     stream, entries = seeded(make_stream, redis_client, n=500, partitions=2)
     config_file = stream.write_config(tmp_path / "s.yaml")
-    cmd = [sys.executable, "-m", "ferry.cli", "validate", str(config_file), "--json"]
+    cmd = ferry_cli("validate", config_file, "--json")
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ)
     assert ok.returncode == 0, ok.stderr
     body = json.loads(ok.stdout)

@@ -11,14 +11,20 @@ import time
 
 import pytest
 
-from ferry.cutover import mirror_lag
 from ferry.ingest import migration_keys
 from ferry.mirror import backfill
 from ferry.phases import start_dual_write
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
 
-from ..integration.helpers import by_partition, read_kafka_raw, read_redis_records
+from ..integration.helpers import (
+    by_partition,
+    ferry_cli,
+    read_kafka_raw,
+    read_redis_records,
+    stop_processes,
+    wait_for_mirror,
+)
 
 KILLS = int(os.environ.get("FERRY_SOAK_KILLS", "24"))
 
@@ -31,24 +37,8 @@ def test_kill_9_mirror_and_writer_during_live_traffic(make_stream, redis_client,
     backfill(stream.config, progress=False)  # arm and copy history
     start_dual_write(redis_client, keys, "soak")
     commands = {
-        "mirror": [
-            sys.executable,
-            "-m",
-            "ferry.cli",
-            "backfill",
-            str(config_file),
-            "--follow",
-            "--no-progress",
-        ],
-        "writer": [
-            sys.executable,
-            "-m",
-            "ferry.cli",
-            "traffic",
-            str(config_file),
-            "--rate",
-            "2000",
-        ],
+        "mirror": ferry_cli("backfill", config_file, "--follow", "--no-progress"),
+        "writer": ferry_cli("traffic", config_file, "--rate", 2000),
     }
     procs = {}
 
@@ -75,14 +65,9 @@ def test_kill_9_mirror_and_writer_during_live_traffic(make_stream, redis_client,
         procs["writer"].send_signal(signal.SIGTERM)
         procs["writer"].wait(timeout=60)
         deadline = time.monotonic() + 120
-        while any(mirror_lag(stream.config).values()):
-            assert time.monotonic() < deadline, f"mirror still behind: {mirror_lag(stream.config)}"
-            threading.Event().wait(0.05)
+        wait_for_mirror(stream.config, deadline)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
+        stop_processes(procs.values())
     assert kills["mirror"] + kills["writer"] == KILLS >= 20
     kafka = read_kafka_raw(stream.bootstrap, stream.config.kafka.topic, 4)
     redis_side = by_partition(
@@ -108,24 +93,8 @@ def test_kill_9_consumer_after_hand_over_is_exact(make_stream, redis_client, tmp
     start_dual_write(redis_client, keys, "soak")
     output = f"{keys.tag}:soak:processed"
     commands = {
-        "mirror": [
-            sys.executable,
-            "-m",
-            "ferry.cli",
-            "backfill",
-            str(config_file),
-            "--follow",
-            "--no-progress",
-        ],
-        "writer": [
-            sys.executable,
-            "-m",
-            "ferry.cli",
-            "traffic",
-            str(config_file),
-            "--rate",
-            "1000",
-        ],
+        "mirror": ferry_cli("backfill", config_file, "--follow", "--no-progress"),
+        "writer": ferry_cli("traffic", config_file, "--rate", 1000),
         "consumer": [
             sys.executable,
             "-m",
@@ -154,9 +123,7 @@ def test_kill_9_consumer_after_hand_over_is_exact(make_stream, redis_client, tmp
         procs["writer"].send_signal(signal.SIGTERM)
         procs["writer"].wait(timeout=60)
         deadline = time.monotonic() + 120
-        while any(mirror_lag(stream.config).values()):
-            assert time.monotonic() < deadline, "mirror still behind"
-            threading.Event().wait(0.05)
+        wait_for_mirror(stream.config, deadline)
         while True:  # the consumer drains the group: nothing new, nothing pending
             info = next(
                 g for g in redis_client.xinfo_groups(keys.stream) if g["name"] == b"billing"
@@ -166,10 +133,7 @@ def test_kill_9_consumer_after_hand_over_is_exact(make_stream, redis_client, tmp
             assert time.monotonic() < deadline, f"consumer still behind: {info}"
             threading.Event().wait(0.05)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
+        stop_processes(procs.values())
     processed = [(int(f[b"p"]), int(f[b"o"])) for _, f in redis_client.xrange(output)]
     entries = [
         (r.partition, r.offset)
