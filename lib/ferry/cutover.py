@@ -34,8 +34,9 @@ class CutoverReport:
     lag_at_switch: dict[int, int] = field(default_factory=dict)
 
 
-def mirror_lag(config: StreamConfig, source=None) -> dict[int, int]:
-    """Records Kafka holds beyond the frontier, per partition (partition ends from a fetch)."""
+def mirror_lag(config: StreamConfig, source=None, client=None) -> dict[int, int]:
+    """Records Kafka holds beyond the frontier, per partition (partition ends from a fetch).
+    Pass an open ``source`` and Redis ``client`` when polling, to reuse their connections."""
     own = source is None
     source = source or open_source(config)
     try:
@@ -43,7 +44,7 @@ def mirror_lag(config: StreamConfig, source=None) -> dict[int, int]:
     finally:
         if own:
             source.close()
-    _, frontiers = read_state(connect_redis(config), migration_keys(config))
+    _, frontiers = read_state(client or connect_redis(config), migration_keys(config))
     return {p: max(0, high[p] - (frontiers.get(p, -1) + 1)) for p in partitions}
 
 
@@ -106,7 +107,7 @@ def run_cutover(
         while time.monotonic() < deadline:
             live = [w for w in read_writers(client, keys) if w.live(now_ms())]
             behind = [w.writer_id for w in live if w.acked_epoch != state.epoch]
-            lag = mirror_lag(config, source) if not behind else None
+            lag = mirror_lag(config, source, client) if not behind else None
             if not behind and lag is not None and not any(lag.values()):
                 done = complete_cutover(client, keys, reason="drained")
                 pause = (time.monotonic() - began) * 1000

@@ -13,7 +13,7 @@ from ferry.errors import FerryError
 from ferry.ingest import _script, migration_keys
 from ferry.kafka_source import TopicInfo, open_source
 from ferry.notebook import Check
-from ferry.redis_target import MIN_VERSION, connect_redis, server_info
+from ferry.redis_target import connect_redis, server_info, supports_stream_ids
 
 
 @dataclass
@@ -143,11 +143,9 @@ def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | Non
     result.facts.update(
         redis_kind=server.kind, redis_version=server.version, cluster=server.cluster
     )
-    version = tuple(int(x) for x in server.version.split(".")[:2])
-    ok_version = server.kind == "valkey" or version >= MIN_VERSION
     result.add(
         "Redis version supports '<ms>-*' IDs (>= 7.0)",
-        ok_version,
+        supports_stream_ids(server),
         f"{server.kind} {server.version}",
     )
     result.add(

@@ -73,11 +73,17 @@ def server_info(client: redis.Redis) -> ServerInfo:
     return ServerInfo(kind, version, policy, cluster)
 
 
+def supports_stream_ids(info: ServerInfo) -> bool:
+    """Whether the server takes ``<ms>-*`` entry IDs (Redis 7.0+; every Valkey release does)."""
+    if info.kind == "valkey":
+        return True
+    return tuple(int(x) for x in info.version.split(".")[:2]) >= MIN_VERSION
+
+
 def check_target(client: redis.Redis) -> ServerInfo:
     """Refuse a target that could lose entries or cannot take ``<ms>-*`` IDs."""
     info = server_info(client)
-    parts = tuple(int(x) for x in info.version.split(".")[:2])
-    if info.kind == "redis" and parts < MIN_VERSION:
+    if not supports_stream_ids(info):
         raise RedisTargetError(
             f"Redis {info.version} is too old: ferry needs 7.0 or newer for '<ms>-*' entry IDs"
         )
