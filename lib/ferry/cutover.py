@@ -109,6 +109,10 @@ def run_cutover(
             behind = [w.writer_id for w in live if w.acked_epoch != state.epoch]
             lag = mirror_lag(config, source, client) if not behind else None
             if not behind and lag is not None and not any(lag.values()):
+                # where Kafka's shadows begin, per partition: hand-over reads them from here
+                _, frontiers = read_state(client, keys)
+                for p, frontier in frontiers.items():
+                    client.hsetnx(keys.state, f"primary_from:{p}", frontier + 1)
                 done = complete_cutover(client, keys, reason="drained")
                 pause = (time.monotonic() - began) * 1000
                 writers = _writer_pauses(client, keys, done.epoch, [w.writer_id for w in live])

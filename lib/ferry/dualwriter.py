@@ -8,6 +8,13 @@
   caller's ``send`` never waits for a Redis round trip.
 - ``draining``: new sends are held (bounded) and the phase is acknowledged once every
   record already sent is delivered by Kafka and offered to Redis.
+- ``redis-primary``: a background thread appends the records to Redis first (``primary.lua``,
+  fenced by the phase: after a rollback it refuses and the records go to Kafka the way the new
+  phase says), then produces each to Kafka as the rollback *shadow*, with the entry's ID in a
+  last header; the mirror moves the frontier over shadows without appending them again.
+  The partition is chosen before Redis sees the record: the one given, else murmur2 of the key
+  (what the producer uses in the Kafka phases too), else round robin.
+- ``redis-only``: Redis only.
 
 A follower thread reads the phase every ``poll_interval_s`` and heartbeats the writer
 registry, so a phase change is followed within a second.
@@ -22,15 +29,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import redis
+
 from ferry.config import StreamConfig
-from ferry.entries import KafkaRecord, record_args
+from ferry.entries import SHADOW_HEADER, KafkaRecord, record_args
 from ferry.errors import FerryError, KafkaError
-from ferry.ingest import Ingestor, migration_keys, parse_reply
+from ferry.ingest import Ingestor, _script, migration_keys, parse_reply, script_error
 from ferry.kafka_source import resolve_bootstrap
 from ferry.phases import (
     DRAINING,
     DUAL_WRITE,
-    KAFKA_ONLY,
+    REDIS_ONLY,
+    REDIS_PRIMARY,
     WriterInfo,
     now_ms,
     read_phase,
@@ -44,10 +54,6 @@ class WriterHoldTimeout(FerryError):
     """A send was held in ``draining`` for longer than the bound; the record was not sent."""
 
 
-class PhaseNotSupported(FerryError):
-    """The migration is in a phase this writer cannot serve yet."""
-
-
 @dataclass
 class WriterCounts:
     sent: int = 0
@@ -56,6 +62,12 @@ class WriterCounts:
     already_in_redis: int = 0
     deferred_to_mirror: int = 0
     failures: int = 0
+    written_redis_first: int = 0  # redis-primary and redis-only
+    shadowed: int = 0  # Kafka shadows delivered
+    rerouted: int = 0  # refused by Redis after a rollback, sent to Kafka instead
+
+
+REDIS_FIRST = (REDIS_PRIMARY, REDIS_ONLY)
 
 
 class DualWriter:
@@ -84,10 +96,18 @@ class DualWriter:
                 "bootstrap.servers": resolve_bootstrap(config.kafka),
                 "enable.idempotence": True,
                 "linger.ms": 5,  # Tansu reads back 1-record batches very slowly
+                # the Java client's key hashing, which redis-primary reproduces in Python
+                "partitioner": "murmur2_random",
                 **(producer_settings or {}),
             }
         )
         self.counts = WriterCounts()
+        self.partitions = _partition_count(self.producer, config.kafka.topic)
+        self.failed: list[tuple[KafkaRecord, str]] = []  # records no side accepted, and why
+        self._primary_script = _script(self.redis, "primary.lua")
+        self._queued: deque = deque()  # records waiting for their Redis-first write
+        self._primary_pending = 0  # queued or waiting for their shadow's delivery
+        self._round_robin = 0
         self.holds_ms: list[float] = []
         self.last_drain_ms = 0.0
         self._drain_began: float | None = None
@@ -108,6 +128,7 @@ class DualWriter:
             threading.Thread(target=self._poll_deliveries, daemon=True, name="ferry-deliveries"),
             threading.Thread(target=self._write_redis, daemon=True, name="ferry-redis"),
             threading.Thread(target=self._follow_phase, daemon=True, name="ferry-phase"),
+            threading.Thread(target=self._write_primary, daemon=True, name="ferry-primary"),
         ]
         self._report()
         for t in self._threads:
@@ -123,22 +144,38 @@ class DualWriter:
         headers: list[tuple[str, bytes | None]] | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        """Produce one record according to the current phase (no Redis round trip)."""
+        """Send one record the way the current phase says; no Redis round trip on the caller's
+        thread (redis-primary writes go through a background thread, like Kafka's own)."""
         with self._lock:
             if self.phase == DRAINING:
                 self._hold()
-            if self.phase not in (KAFKA_ONLY, DUAL_WRITE):
-                raise PhaseNotSupported(
-                    f"the migration is in {self.phase}; DualWriter serves kafka-only, dual-write and "
-                    "draining (redis-primary comes with the cutover work)"
-                )
-            mirror = self.phase == DUAL_WRITE
+            if self._primary_pending and self.phase not in REDIS_FIRST:
+                self._wait_for_shadows()  # keep this writer's order across a rollback
             self._in_flight += 1
+            self.counts.sent += 1
+            if self.phase in REDIS_FIRST:
+                if partition is None:
+                    partition = self._choose_partition(key)
+                ts = timestamp_ms if timestamp_ms is not None else now_ms()
+                self._queued.append(
+                    KafkaRecord(partition, -1, ts, key, value, tuple(headers or ()))
+                )
+                self._primary_pending += 1
+                if self._metrics:
+                    self._metrics.sent.inc()
+                return
+            mirror = self.phase == DUAL_WRITE
+        self._produce(value, key, partition, headers, timestamp_ms, mirror)
+        if self._metrics:
+            self._metrics.sent.inc()
+
+    def _produce(self, value, key, partition, headers, timestamp_ms, mirror, on_delivery=None):
         kwargs = {
             "key": key,
             "value": value,
             "headers": headers,
-            "on_delivery": self._deliver_mirrored if mirror else self._deliver_plain,
+            "on_delivery": on_delivery
+            or (self._deliver_mirrored if mirror else self._deliver_plain),
         }
         if partition is not None:
             kwargs["partition"] = partition
@@ -150,9 +187,15 @@ class DualWriter:
                 break
             except BufferError:
                 self.producer.poll(0.01)
-        self.counts.sent += 1
-        if self._metrics:
-            self._metrics.sent.inc()
+
+    def _choose_partition(self, key: bytes | None) -> int:
+        """Called with the lock held: murmur2 of the key as the producer would, else round robin."""
+        if key is None:
+            self._round_robin = (self._round_robin + 1) % self.partitions
+            return self._round_robin
+        from kafka.partitioner.default import murmur2
+
+        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
 
     def _hold(self) -> None:
         """Called with the lock held while draining: wait for the phase to move on."""
@@ -168,6 +211,19 @@ class DualWriter:
             self._phase_changed.wait(min(left, 0.05))
         self.holds_ms.append((time.monotonic() - began) * 1000)
 
+    def _wait_for_shadows(self) -> None:
+        """Called with the lock held after a rollback from redis-primary: a send waits until the
+        records sent before it are in Redis and Kafka (or were sent the new phase's way)."""
+        deadline = time.monotonic() + self.hold_bound_s
+        while self._primary_pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WriterHoldTimeout(
+                    f"{self._primary_pending} records sent in redis-primary are not yet in Kafka "
+                    f"after {self.hold_bound_s:.1f}s; the record was not sent, send it again"
+                )
+            self._phase_changed.wait(min(left, 0.05))
+
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every record sent is delivered by Kafka and offered to Redis."""
         deadline = time.monotonic() + timeout_s
@@ -178,7 +234,10 @@ class DualWriter:
                 if self._in_flight == 0 and not self._delivered:
                     return
             if time.monotonic() > deadline:
-                raise FerryError(f"records still being written to Redis after {timeout_s}s")
+                raise FerryError(
+                    f"{self._in_flight} records still being written after {timeout_s}s "
+                    f"({len(self._queued)} waiting for Redis)"
+                )
             time.sleep(0.005)  # waiting on the background writer, bounded by the deadline
 
     def close(self) -> None:
@@ -250,6 +309,103 @@ class DualWriter:
             with self._lock:
                 self._in_flight -= len(batch)
 
+    def _write_primary(self) -> None:
+        """redis-primary and redis-only: Redis first (one script call per partition of what
+        is queued), then the Kafka shadows. Order per partition is the order of send()."""
+        while not self._closing.is_set():
+            with self._lock:
+                batch = list(self._queued)
+                self._queued.clear()
+            if not batch:
+                time.sleep(0.002)  # idle: nothing queued
+                continue
+            by_partition: dict[int, list[KafkaRecord]] = {}
+            for record in batch:
+                by_partition.setdefault(record.partition, []).append(record)
+            pipe = self.redis.pipeline(transaction=False)
+            for partition, records in by_partition.items():
+                args: list = [partition]
+                for record in records:
+                    args += record_args(record)[1:]
+                self._primary_script(
+                    keys=[self.keys.state, self.keys.stream_for(partition)], args=args, client=pipe
+                )
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except redis.ConnectionError:
+                with self._lock:  # Redis is the primary now: keep them, in order, and retry
+                    self._queued.extendleft(reversed(batch))
+                self._closing.wait(0.1)
+                continue
+            for records, reply in zip(by_partition.values(), replies, strict=True):
+                self._after_primary(records, reply)
+
+    def _after_primary(self, records: list[KafkaRecord], reply) -> None:
+        n = len(records)
+        if isinstance(reply, Exception):
+            error = (
+                str(script_error(reply)) if isinstance(reply, redis.ResponseError) else str(reply)
+            )
+            with self._lock:
+                self.failed += [(r, error) for r in records]
+                self.counts.failures += n
+                self._in_flight -= n
+                self._primary_pending -= n
+                self._phase_changed.notify_all()
+            return
+        phase, ids = reply[0].decode(), reply[1:]
+        if not ids:  # the phase went back toward Kafka meanwhile: send them the new phase's way
+            with self._lock:
+                self.counts.rerouted += n
+            for r in records:
+                self._produce(
+                    r.value,
+                    r.key,
+                    r.partition,
+                    list(r.headers),
+                    r.timestamp_ms,
+                    phase in (DUAL_WRITE, DRAINING),
+                )
+            with self._lock:  # produced in order before any later send() may go to Kafka
+                self._primary_pending -= n
+                self._phase_changed.notify_all()
+            return
+        self.counts.written_redis_first += n
+        if self._metrics:
+            self._metrics.written.inc(n)
+        if phase == REDIS_ONLY:
+            with self._lock:
+                self._in_flight -= n
+                self._primary_pending -= n
+                self._phase_changed.notify_all()
+            return
+        for record, entry_id in zip(records, ids, strict=True):
+            self._produce(
+                record.value,
+                record.key,
+                record.partition,
+                [*record.headers, (SHADOW_HEADER, entry_id)],
+                record.timestamp_ms,
+                False,
+                on_delivery=self._deliver_shadow,
+            )
+
+    def _deliver_shadow(self, err, msg) -> None:
+        with self._lock:
+            if err is None:
+                self.counts.shadowed += 1
+            else:  # in Redis, but rollback could not bring it back: say so
+                self.counts.failures += 1
+                headers = tuple(msg.headers() or ())
+                record = KafkaRecord(
+                    msg.partition(), -1, msg.timestamp()[1], msg.key(), msg.value(), headers
+                )
+                self.failed.append((record, f"shadow not delivered to Kafka: {err}"))
+            self._in_flight -= 1
+            self._primary_pending -= 1
+            if not self._primary_pending:
+                self._phase_changed.notify_all()
+
     def _count_reply(self, run: list, reply) -> int:
         """Count what Redis did with one run of consecutive offsets; returns how many of its
         records (the last ones) this writer appended."""
@@ -289,10 +445,17 @@ class DualWriter:
                     self.phase, self.epoch = state.phase, state.epoch
                     self._phase_changed.notify_all()
                 drained = self._in_flight == 0 and not self._delivered
+                # after a rollback from redis-primary: only once every Redis-first record has
+                # its shadow in Kafka, so Kafka's order is Redis's order
+                shadows_done = self.phase in REDIS_FIRST or self._primary_pending == 0
             if self._metrics:
                 self._metrics.set_phase(self.phase)
             # acknowledge: in draining only once everything sent is in Kafka and offered to Redis
-            if self.acked_epoch != self.epoch and (self.phase != DRAINING or drained):
+            if (
+                self.acked_epoch != self.epoch
+                and (self.phase != DRAINING or drained)
+                and shadows_done
+            ):
                 self.acked_epoch = self.epoch
                 self._report()
                 last_report = time.monotonic()
@@ -314,6 +477,20 @@ class DualWriter:
                 self.last_drain_ms,
             ),
         )
+
+
+def _partition_count(producer, topic: str) -> int:
+    try:
+        metadata = producer.list_topics(topic, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException
+        raise KafkaError(f"cannot read the metadata of topic {topic!r}: {exc}") from exc
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise KafkaError(
+            f"topic {topic!r} does not exist or has no partitions"
+            + (f" ({found.error})" if found is not None and found.error else "")
+        )
+    return len(found.partitions)
 
 
 def consecutive_runs(delivered: list) -> list[list]:

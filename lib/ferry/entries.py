@@ -14,6 +14,11 @@ field  meaning
 ``v``  value bytes (empty when null)
 ``h``  headers, binary (empty when there are none), see :func:`encode_headers`
 =====  =======================================================================
+
+From ``redis-primary`` on, writers append to Redis first (see ``primary.lua``): such an
+entry has an empty ``o`` (Kafka has not given it an offset yet) and decodes with offset
+``REDIS_ORIGIN``. Its Kafka copy, the *shadow*, carries the entry's ID in a last header
+named ``SHADOW_HEADER``; the mirror moves the frontier over a shadow without appending.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from typing import NamedTuple
 FIELDS = (b"p", b"o", b"ts", b"f", b"k", b"v", b"h")
 KEY_NULL = 1
 VALUE_NULL = 2
+SHADOW = 4  # ingest-script flag: the record is the Kafka shadow of an entry already in Redis
+REDIS_ORIGIN = -1  # the offset of an entry written to Redis first (its ``o`` is empty)
+SHADOW_HEADER = "ferry-shadow-of"
 
 Header = tuple[str, bytes | None]
 
@@ -104,8 +112,28 @@ def decode_headers(data: bytes) -> tuple[Header, ...]:
     return tuple(headers)
 
 
+def shadow_of(record: KafkaRecord) -> bytes | None:
+    """The Redis entry ID a shadow record stands for; None for an ordinary record."""
+    headers = record.headers
+    if headers and headers[-1][0] == SHADOW_HEADER:
+        return headers[-1][1]
+    return None
+
+
+def without_shadow_header(record: KafkaRecord) -> KafkaRecord:
+    """The record as its producer sent it: a shadow without ferry's header."""
+    return record._replace(headers=record.headers[:-1]) if shadow_of(record) else record
+
+
 def record_args(record: KafkaRecord) -> list[bytes | int]:
-    """The six ingest-script arguments of one record: offset, ts, flags, key, value, headers."""
+    """The six ingest-script arguments of one record: offset, ts, flags, key, value, headers.
+
+    A shadow (see :func:`shadow_of`) is passed as flag ``SHADOW`` with the entry ID as its key
+    and nothing else: the script checks that entry exists and moves the frontier over it.
+    """
+    entry_id = shadow_of(record)
+    if entry_id is not None:
+        return [record.offset, record.timestamp_ms, SHADOW, entry_id, b"", b""]
     key, value = record.key, record.value
     return [
         record.offset,
@@ -121,9 +149,10 @@ def entry_to_record(fields: dict[bytes, bytes]) -> KafkaRecord:
     """Rebuild the Kafka record from one stream entry's fields (as redis-py returns them)."""
     try:
         flags = int(fields[b"f"])
+        offset = fields[b"o"]
         return KafkaRecord(
             partition=int(fields[b"p"]),
-            offset=int(fields[b"o"]),
+            offset=int(offset) if offset else REDIS_ORIGIN,
             timestamp_ms=int(fields[b"ts"]),
             key=None if flags & KEY_NULL else fields[b"k"],
             value=None if flags & VALUE_NULL else fields[b"v"],

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.entries import KafkaRecord, entry_to_record
+from ferry.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record, shadow_of
 from ferry.errors import FerryError, KafkaError
 from ferry.ingest import MigrationKeys, migration_keys, read_state
+from ferry.kafka_source import open_source
 from ferry.redis_target import connect_redis
-from ferry.validate import scan_stream
+from ferry.validate import read_kafka_range, scan_stream
 
 
 class HandoverError(FerryError):
@@ -58,15 +59,18 @@ def read_committed_offsets(config: StreamConfig, group: str) -> dict[int, int]:
     return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
 
 
-def plan_translation(entries, committed: dict[int, int]) -> tuple[str, int, int]:
+def plan_translation(
+    entries, committed: dict[int, int], consumed_ids: frozenset[str] = frozenset()
+) -> tuple[str, int, int]:
     """Pure: from stream entries (id, record) in order, the start ID, ENTRIESREAD and how many
     later entries the group had consumed. The start is just before the earliest entry the
-    Kafka group has not consumed, across partitions."""
+    Kafka group has not consumed, across partitions. ``consumed_ids``: entries written to
+    Redis first whose Kafka shadows the group consumed."""
     previous_id = "0-0"
     start_id, entries_read, index = None, 0, 0
     skipped = 0
     for index, (entry_id, record) in enumerate(entries):
-        consumed = record.offset < committed.get(record.partition, 0)
+        consumed = _consumed(entry_id, record, committed, consumed_ids)
         if start_id is None:
             if consumed:
                 previous_id = entry_id
@@ -78,6 +82,33 @@ def plan_translation(entries, committed: dict[int, int]) -> tuple[str, int, int]
         start_id = previous_id
         entries_read = index + 1 if previous_id != "0-0" else 0
     return start_id, entries_read, skipped
+
+
+def _consumed(entry_id: str, record: KafkaRecord, committed: dict, consumed_ids) -> bool:
+    if record.offset == REDIS_ORIGIN:
+        return entry_id in consumed_ids
+    return record.offset < committed.get(record.partition, 0)
+
+
+def read_consumed_shadows(config: StreamConfig, committed: dict[int, int]) -> set[str]:
+    """The entries (written to Redis first) whose Kafka shadows the group has consumed: the
+    shadows between the cutover and the group's committed offsets, read from Kafka."""
+    client = connect_redis(config)
+    keys = migration_keys(config)
+    raw = client.hgetall(keys.state)
+    since = {int(k[13:]): int(v) for k, v in raw.items() if k.startswith(b"primary_from:")}
+    ranges = {p: (since[p], committed[p] - 1) for p in committed if p in since}
+    if not any(last >= first for first, last in ranges.values()):
+        return set()
+    source = open_source(config)
+    try:
+        return {
+            entry_id.decode()
+            for record in read_kafka_range(source, ranges)
+            if (entry_id := shadow_of(record)) is not None
+        }
+    finally:
+        source.close()
 
 
 def translate_group(
@@ -99,8 +130,9 @@ def translate_group(
                 f"group {group!r} has consumed partition {p} up to offset {offset - 1} but the stream only "
                 f"holds up to {frontiers.get(p, -1)}: let the mirror catch up first"
             )
+    consumed_ids = frozenset(read_consumed_shadows(config, committed))
     entries = ((i.decode(), entry_to_record(f)) for i, f in scan_stream(client, keys.stream))
-    start_id, entries_read, skipped = plan_translation(entries, committed)
+    start_id, entries_read, skipped = plan_translation(entries, committed, consumed_ids)
     try:
         client.execute_command(
             "XGROUP",
@@ -121,6 +153,8 @@ def translate_group(
         group_offsets_key(keys, group),
         mapping={"translated": 1, **{str(p): o for p, o in committed.items()}},
     )
+    if consumed_ids:
+        client.sadd(f"{group_offsets_key(keys, group)}:shadows", *consumed_ids)
     return Translation(group, keys.stream, dict(committed), start_id, entries_read, skipped)
 
 
@@ -164,6 +198,10 @@ class StreamConsumer:
                 f"group {group!r} was not translated: run 'ferry translate-group' first"
             )
         self.committed = {int(k): int(v) for k, v in raw.items() if k != b"translated"}
+        self.consumed_ids = frozenset(
+            m.decode()
+            for m in self.client.smembers(f"{group_offsets_key(self.keys, group)}:shadows")
+        )
         self.skipped = 0
 
     def poll(self) -> list[Delivery]:
@@ -195,7 +233,7 @@ class StreamConsumer:
                 skip.append(entry_id)
                 continue
             record = entry_to_record(fields)
-            if record.offset < self.committed.get(record.partition, 0):
+            if _consumed(entry_id.decode(), record, self.committed, self.consumed_ids):
                 skip.append(entry_id)  # the Kafka group already consumed it
             else:
                 deliveries.append(Delivery(entry_id.decode(), record))

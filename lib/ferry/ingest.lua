@@ -4,6 +4,8 @@
 -- then six arguments per record, offsets strictly increasing:
 --   offset, timestamp ms, null flags, key, value, headers
 -- Returns {appended, frontier, refused}: refused = 1 when read_from > frontier + 1 (a hole).
+-- A record with flag 4 is the Kafka shadow of an entry a writer put in Redis first (its key
+-- argument is that entry's ID): the frontier moves over it, nothing is appended.
 local state, stream = KEYS[1], KEYS[2]
 local p = ARGV[1]
 local fr_s = redis.call('HGET', state, 'frontier:' .. p)
@@ -14,6 +16,12 @@ local fr = tonumber(fr_s)
 if tonumber(ARGV[2]) > fr + 1 then
   return {0, fr_s, 1}
 end
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  return ams < bms or (ams == bms and tonumber(aseq) < tonumber(bseq))
+end
 -- Validate the whole batch before the first write: a script error does not undo writes.
 local prev = -1
 for i = 3, #ARGV, 6 do
@@ -23,15 +31,35 @@ for i = 3, #ARGV, 6 do
     return redis.error_reply('FERRY_ORDER offsets not increasing in batch for partition ' .. p .. ' at ' .. ARGV[i])
   end
   prev = off
+  if off > fr and ARGV[i + 2] == '4' then
+    local id = ARGV[i + 3]
+    if not string.match(id, '^%d+%-%d+$') then
+      return redis.error_reply('FERRY_SHADOW partition ' .. p .. ' offset ' .. ARGV[i] .. ': shadow header holds no entry ID')
+    end
+    local found = redis.call('XRANGE', stream, id, id)
+    if #found == 0 then
+      local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+      if #first == 0 or not id_less(id, first[1][1]) then  -- not trimmed: it never was there
+        return redis.error_reply('FERRY_SHADOW partition ' .. p .. ' offset ' .. ARGV[i] .. ' is the shadow of entry ' .. id .. ', which is not in ' .. stream)
+      end
+    elseif found[1][2][2] ~= p then
+      return redis.error_reply('FERRY_SHADOW partition ' .. p .. ' offset ' .. ARGV[i] .. ' is the shadow of entry ' .. id .. ' of partition ' .. found[1][2][2])
+    end
+  end
 end
 local lastms_key = 'lastms:' .. stream
 local lastms_s = redis.call('HGET', state, lastms_key) or '0'
 local lastms = tonumber(lastms_s)
 local id = lastms_s .. '-*'
 local n = 0
+local shadows = 0
 for i = 3, #ARGV, 6 do
   local off = tonumber(ARGV[i])
-  if off > fr then
+  if off > fr and ARGV[i + 2] == '4' then
+    fr = off
+    fr_s = ARGV[i]
+    shadows = shadows + 1
+  elseif off > fr then
     local ts = tonumber(ARGV[i + 1])
     if ts > lastms then
       lastms = ts
@@ -47,5 +75,10 @@ for i = 3, #ARGV, 6 do
 end
 if n > 0 then
   redis.call('HSET', state, 'frontier:' .. p, fr_s, lastms_key, lastms_s)
+elseif shadows > 0 then
+  redis.call('HSET', state, 'frontier:' .. p, fr_s)
+end
+if shadows > 0 then
+  redis.call('HINCRBY', state, 'shadowed', shadows)
 end
 return {n, fr_s, 0}

@@ -139,8 +139,9 @@ def script_error(exc: redis.ResponseError) -> Exception:
     text = str(exc)
     if "FERRY_NOT_ARMED" in text:
         return NotArmedError(text.split("FERRY_NOT_ARMED", 1)[1].strip())
-    if "FERRY_ORDER" in text:
-        return IntegrityError(text.split("FERRY_ORDER", 1)[1].strip())
+    for marker in ("FERRY_ORDER", "FERRY_SHADOW"):
+        if marker in text:
+            return IntegrityError(text.split(marker, 1)[1].strip())
     if "FERRY_FOREIGN" in text:
         return ForeignStreamError(
             text.split("FERRY_FOREIGN", 1)[1].strip()

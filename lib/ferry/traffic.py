@@ -19,8 +19,8 @@ def generate_traffic(
     seed: int = 1,
 ) -> dict:
     """Send payment events at ``rate`` msg/s until ``seconds`` pass or ``should_stop()``;
-    returns the writer's counts. Stops cleanly (flushes) when the phase leaves dual-write."""
-    from ferry.dualwriter import DualWriter, PhaseNotSupported
+    returns the writer's counts. It sends through every phase the way the phase says."""
+    from ferry.dualwriter import DualWriter
 
     rng = random.Random(seed)
     writer = DualWriter(config, poll_interval_s=0.1)
@@ -33,12 +33,9 @@ def generate_traffic(
                 "amount_minor": rng.randrange(1, 10**6),
                 "currency": "EUR",
             }
-            try:
-                writer.send(
-                    json.dumps(event).encode(), key=f"acct_{rng.randrange(10_000):05d}".encode()
-                )
-            except PhaseNotSupported:
-                break
+            writer.send(
+                json.dumps(event).encode(), key=f"acct_{rng.randrange(10_000):05d}".encode()
+            )
             sent += 1
             ahead = sent / rate - (time.monotonic() - began)
             if ahead > 0:

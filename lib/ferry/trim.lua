@@ -1,5 +1,6 @@
 -- Retention: remove up to LIMIT of the oldest entries of one stream, exactly, and record per
--- partition the highest offset removed (so validation knows what retention retired).
+-- partition the highest offset removed (so validation knows what retention retired), and the
+-- last ID removed (entries written to Redis first have no offset).
 -- KEYS[1] state hash, KEYS[2] stream
 -- ARGV[1] limit, ARGV[2] mode ('minid' or 'maxlen'), ARGV[3] threshold (an ID or a length)
 -- Returns the number of entries removed (0 when nothing is left to trim).
@@ -20,7 +21,7 @@ local function ms_seq(id)
 end
 local tms, tseq
 if mode == 'minid' then tms, tseq = ms_seq(threshold) end
-local removed, keep_id = 0, nil
+local removed, keep_id, last_removed = 0, nil, nil
 local highest = {}
 for i, entry in ipairs(entries) do
   local id = entry[1]
@@ -35,8 +36,9 @@ for i, entry in ipairs(entries) do
   for j = 1, #fields, 2 do
     if fields[j] == 'p' then p = fields[j + 1] elseif fields[j] == 'o' then o = fields[j + 1] end
   end
-  if p and o and (highest[p] == nil or tonumber(o) > tonumber(highest[p])) then highest[p] = o end
+  if p and o and o ~= '' and (highest[p] == nil or tonumber(o) > tonumber(highest[p])) then highest[p] = o end
   removed = removed + 1
+  last_removed = id
 end
 if removed == 0 then return 0 end
 if keep_id then
@@ -44,6 +46,7 @@ if keep_id then
 else
   redis.call('XTRIM', stream, 'MAXLEN', 0)
 end
+redis.call('HSET', state, 'trimmed_id:' .. stream, last_removed)
 for p, o in pairs(highest) do
   local prev = redis.call('HGET', state, 'trimmed:' .. p)
   if prev == false or tonumber(o) > tonumber(prev) then

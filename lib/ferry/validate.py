@@ -2,6 +2,8 @@
 
 For each partition p the Kafka range is ``[start[p], frontier[p]]`` from the migration state.
 Nothing here trusts the mirror: Kafka is read with a fresh consumer, Redis with XRANGE.
+A Kafka shadow (redis-primary) is compared with the entry its header names; entries written
+to Redis first whose shadow is not in the range yet are counted, not failed (``unshadowed``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from dataclasses import asdict, dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.entries import KafkaRecord, entry_to_record, record_digest
+from ferry.entries import (
+    REDIS_ORIGIN,
+    KafkaRecord,
+    entry_to_record,
+    record_digest,
+    shadow_of,
+    without_shadow_header,
+)
 from ferry.errors import FerryError, KafkaError
 from ferry.ingest import MigrationKeys, migration_keys, read_state
 from ferry.kafka_source import KafkaSource, open_source
@@ -42,6 +51,8 @@ class PartitionReport:
     unexplained_gaps: int
     first_missing: int | None = None
     trimmed_to: int | None = None  # retention removed this partition's entries up to here
+    redis_first: int = 0  # entries written to Redis first whose shadow is in the range
+    unshadowed: int = 0  # entries written to Redis first whose shadow is not (yet) in it
 
     @property
     def ok(self) -> bool:
@@ -101,6 +112,7 @@ class _RedisSide:
         self.duplicates = 0
         self.out_of_order = 0
         self.last = -1
+        self.primary: dict[bytes, bytes] = {}  # entries written to Redis first: ID -> digest
 
 
 def scan_stream(client: redis.Redis, key: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
@@ -125,6 +137,9 @@ def scan_redis(
             except ValueError as exc:
                 raise FerryError(f"stream {key} entry {_id.decode()}: {exc}") from exc
             side = sides.setdefault(record.partition, _RedisSide())
+            if record.offset == REDIS_ORIGIN:
+                side.primary[_id] = record_digest(record)
+                continue
             side.count += 1
             if record.offset in side.digests:
                 side.duplicates += 1
@@ -203,13 +218,31 @@ def validate_stream(
         gaps = dict.fromkeys(partitions, 0)
         first_missing: dict[int, int] = {}
         matched: dict[int, set[int]] = {p: set() for p in partitions}
+        shadows: dict[int, set[bytes]] = {p: set() for p in partitions}
+        trimmed_id = _trimmed_ids(target, keys, partitions)
         expected = dict(first)
         for record in read_kafka_range(source, ranges):
             p = record.partition
-            seen[p] += 1
             if record.offset != expected[p] and not gaps_allowed:
                 gaps[p] += 1
             expected[p] = record.offset + 1
+            entry_id = shadow_of(record)
+            if entry_id is not None:
+                digest = sides[p].primary.get(entry_id)
+                if digest is None and _at_or_before(entry_id, trimmed_id.get(p)):
+                    continue  # its entry was retired by retention, like a trimmed offset
+                seen[p] += 1
+                if digest is None:
+                    missing[p] += 1
+                    first_missing.setdefault(p, record.offset)
+                else:
+                    shadows[p].add(entry_id)
+                    if digest != record_digest(without_shadow_header(record)):
+                        mismatched[p] += 1
+                if on_progress is not None:
+                    on_progress(1)
+                continue
+            seen[p] += 1
             digest = sides[p].digests.get(record.offset)
             if digest is None:
                 missing[p] += 1
@@ -229,7 +262,7 @@ def validate_stream(
                     start=starts[p],
                     frontier=frontiers[p],
                     kafka_count=seen[p],
-                    redis_count=side.count,
+                    redis_count=side.count + len(shadows[p]),
                     missing=missing[p],
                     duplicates=side.duplicates,
                     out_of_order=side.out_of_order,
@@ -238,6 +271,8 @@ def validate_stream(
                     unexplained_gaps=gaps[p],
                     first_missing=first_missing.get(p),
                     trimmed_to=trimmed.get(p),
+                    redis_first=len(shadows[p]),
+                    unshadowed=len(side.primary) - len(shadows[p]),
                 )
             )
         return ValidationReport(
@@ -252,11 +287,27 @@ def validate_stream(
         source.close()
 
 
+def _trimmed_ids(client: redis.Redis, keys: MigrationKeys, partitions: list[int]) -> dict:
+    """Per partition, the last entry ID retention removed from its stream (or None)."""
+    raw = {k: client.hget(keys.state, f"trimmed_id:{k}") for k in keys.streams(partitions)}
+    return {p: raw[keys.stream_for(p)] for p in partitions}
+
+
+def _at_or_before(entry_id: bytes, limit: bytes | None) -> bool:
+    if limit is None:
+        return False
+    ms, _, seq = entry_id.partition(b"-")
+    lms, _, lseq = limit.partition(b"-")
+    return (int(ms), int(seq or 0)) <= (int(lms), int(lseq or 0))
+
+
 def sample_rows(
     config: StreamConfig, size: int = 200, seed: int = 7, client: str | None = None
 ) -> list[dict]:
     """A row-level sample: ``size`` stream entries at random positions, each compared with the
-    record Kafka holds at that (partition, offset). One dict per sampled entry."""
+    record Kafka holds at that (partition, offset). One dict per sampled entry. Entries written
+    to Redis first have no offset to look up and are not sampled (the full validation compares
+    them with their shadows)."""
     import random
 
     from ferry.entries import entry_id_ms
@@ -277,7 +328,8 @@ def sample_rows(
             found = target.xrange(key, min=f"{rng.randint(lo, hi)}-0", count=1) or first
             entry_id, fields = found[0]
             record = entry_to_record(fields)
-            picked[(record.partition, record.offset)] = (entry_id, record)
+            if record.offset != REDIS_ORIGIN:
+                picked[(record.partition, record.offset)] = (entry_id, record)
     source = open_source(config, client)
     rows = []
     try:

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 import ferry
 from ferry.cutover import CutoverAborted, mirror_lag, run_cutover
-from ferry.dualwriter import PhaseNotSupported
+from ferry.entries import KafkaRecord
 from ferry.ingest import migration_keys, read_state
 from ferry.mirror import backfill
 from ferry.phases import (
@@ -26,6 +26,7 @@ from ferry.phases import (
     start_draining,
     start_dual_write,
 )
+from ferry.reconcile import kafka_identity, record_identity
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
 
@@ -152,10 +153,7 @@ def test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending(
     def traffic():
         i = 0
         while not stop.is_set():
-            try:
-                writer.send(b"traffic %d" % i)
-            except PhaseNotSupported:  # redis-primary: this writer's part ends here
-                return
+            writer.send(b"traffic %d" % i)  # on through draining into redis-primary
             sent.append(i)
             i += 1
             stop.wait(0.001)
@@ -350,10 +348,7 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
 
     def traffic():
         while not stop.is_set():
-            try:
-                writer.send(b"live %d" % sent[0], key=b"acct_%d" % (sent[0] % 97))
-            except PhaseNotSupported:
-                return
+            writer.send(b"live %d" % sent[0], key=b"acct_%d" % (sent[0] % 97))
             sent[0] += 1
             if sent[0] % 20 == 0:
                 stop.wait(0.01)  # about 2k msg/s
@@ -361,8 +356,9 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
     producer = threading.Thread(target=traffic)
     producer.start()
 
-    # the Kafka consumer group reads for a while and commits what it processed
-    seen_kafka: list[tuple[int, int]] = []
+    # the Kafka consumer group reads until after the cutover (shadows included), commits,
+    # and stops; then it is handed over to Redis
+    seen_kafka: list = []
     consumer = Consumer(
         {
             "bootstrap.servers": stream.bootstrap,
@@ -374,16 +370,29 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
         }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
-    position = {}
-    while len(seen_kafka) < 2500:
-        for m in consumer.consume(500, 0.2):
-            if m.error() is None:
-                seen_kafka.append((m.partition(), m.offset()))
-                position[m.partition()] = m.offset() + 1
-    consumer.commit(
-        offsets=[TopicPartition(topic, p, o) for p, o in position.items()], asynchronous=False
-    )
-    consumer.close()
+    position: dict[int, int] = {}
+    consumer_stop = threading.Event()
+
+    def consume():
+        while not consumer_stop.is_set():
+            for m in consumer.consume(500, 0.1):
+                if m.error() is None:
+                    record = KafkaRecord(
+                        m.partition(), m.offset(), 0, None, None, tuple(m.headers() or ())
+                    )
+                    seen_kafka.append(kafka_identity(record))
+                    position[m.partition()] = m.offset() + 1
+        consumer.commit(
+            offsets=[TopicPartition(topic, p, o) for p, o in position.items()], asynchronous=False
+        )
+        consumer.close()
+
+    reader_thread = threading.Thread(target=consume)
+    reader_thread.start()
+    for _ in range(3000):
+        if len(seen_kafka) >= 2500:
+            break
+        stop.wait(0.01)
 
     mirror = Mirror(stream.config)  # started late: history plus everything live so far
     try:
@@ -392,45 +401,54 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
                 break
             stop.wait(0.01)
         report = run_cutover(stream.config, pause_bound_s=3.0)
+        at_cutover = sent[0]
+        for _ in range(3000):  # redis-primary: the writer goes on, Redis first, Kafka as shadow
+            if sent[0] > at_cutover + 1000 and writer.counts.shadowed > 500:
+                break
+            stop.wait(0.01)
+        consumer_stop.set()
+        reader_thread.join(timeout=30)
     finally:
         stop.set()
+        consumer_stop.set()
         producer.join(timeout=30)
         writer.flush()
         writer.close()
-        for _ in range(2000):  # the mirror brings the last records sent before the switch
+        for _ in range(2000):  # the mirror passes the last shadows
             if not any(mirror_lag(stream.config).values()):
                 break
             stop.wait(0.01)
         mirror.close()
     assert report.pause_ms < 1000
+    assert writer.counts.written_redis_first > 1000 and not writer.failed
 
-    # independent check of every record: Kafka (raw read) vs Redis
+    # independent check of every record: Kafka (raw read, shadows included) vs Redis
+    from ferry.reconcile import reconcile
+
     from .helpers import read_kafka_raw
 
     kafka = read_kafka_raw(stream.bootstrap, topic, 3)
-    redis_side = by_partition(
-        r for _, r in read_redis_records(redis_client, stream.config.redis.stream)
-    )
-    assert {p: len(v) for p, v in kafka.items()} == {p: len(v) for p, v in redis_side.items()}
-    assert redis_side == kafka  # nothing lost, doubled or reordered, byte-identical
-    assert sum(len(v) for v in kafka.values()) == 3000 + sent[0]
+    entries = read_redis_records(redis_client, stream.config.redis.stream)
+    result = reconcile((r for p in sorted(kafka) for r in kafka[p]), entries)
+    print("scenario:", result, "sent live:", sent[0])
+    assert result.ok, result  # nothing lost, doubled, reordered or altered
+    assert result.unshadowed == 0 and result.redis_first == writer.counts.written_redis_first
+    assert result.redis == 3000 + sent[0] == result.kafka
+    assert validate_stream(stream.config).ok
+    assert any(isinstance(i, bytes) for i in seen_kafka)  # the group read shadows too
 
     # the consumer group moves to Redis: it sees exactly what it had not consumed
     translate_group(stream.config, "billing")
     reader = StreamConsumer(stream.config, "billing", "billing-1", batch=500, block_ms=50)
     seen_redis = []
     while batch := reader.poll():
-        seen_redis += [(d.record.partition, d.record.offset) for d in batch]
+        seen_redis += [record_identity(d.entry_id.encode(), d.record) for d in batch]
         reader.ack(*batch)
-    everything = sorted((p, r.offset) for p, rs in kafka.items() for r in rs)
-    assert len(seen_kafka) + len(seen_redis) == len(
-        everything
-    )  # no duplicates across the hand-over
-    assert sorted(seen_kafka + seen_redis) == everything  # and no gaps
-    for p in range(3):  # per partition, the Redis side continues exactly where Kafka stopped
-        offsets = [o for q, o in seen_redis if q == p]
-        assert offsets == sorted(offsets)
-        assert not offsets or offsets[0] == position.get(p, 0)
+    everything = [record_identity(i, r) for i, r in entries]
+    assert len(seen_kafka) + len(seen_redis) == len(everything)  # no duplicates...
+    assert set(seen_kafka) | set(seen_redis) == set(everything)  # ...and no gaps
+    order = {identity: n for n, identity in enumerate(everything)}
+    assert [order[i] for i in seen_redis] == sorted(order[i] for i in seen_redis)
 
 
 def test_rollback_plan_then_act_and_writers_follow(make_stream, redis_client):
