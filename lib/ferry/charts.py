@@ -87,3 +87,32 @@ def memory_before_after_chart(before: int, after: int) -> alt.Chart:
         .encode(x=alt.X("when:N", sort=None), y=alt.Y("mb:Q", title="MB"))
         .properties(width=300, height=220)
     )
+
+
+def lag_chart(samples: list[dict], title: str) -> alt.Chart:
+    """``samples``: {t, lag} dicts; the mirror's lag (records) over a window."""
+    frame = pd.DataFrame(samples, columns=["t", "lag"])
+    return (
+        alt.Chart(frame, title=title)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("t:Q", title="seconds into the window"),
+            y=alt.Y("lag:Q", title="records behind Kafka"),
+        )
+        .properties(width=560, height=200)
+    )
+
+
+def pause_chart(pause_ms: float, writers: dict[str, float], bound_ms: float) -> alt.Chart:
+    """The cutover's pause (coordinator) and the draining each writer saw, against the bound."""
+    frame = pd.DataFrame(
+        [{"who": "cutover (coordinator)", "ms": pause_ms}]
+        + [{"who": f"writer {w}", "ms": ms} for w, ms in sorted(writers.items())]
+    )
+    bars = (
+        alt.Chart(frame, title=f"Cutover pause against the {bound_ms:.0f} ms bound")
+        .mark_bar()
+        .encode(x=alt.X("ms:Q", title="milliseconds"), y=alt.Y("who:N", title=None))
+    )
+    rule = alt.Chart(pd.DataFrame({"ms": [bound_ms]})).mark_rule(color="red").encode(x="ms:Q")
+    return (bars + rule).properties(width=560, height=40 + 24 * len(frame))

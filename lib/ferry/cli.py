@@ -45,6 +45,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     on_batch = on_lag = None
     if args.metrics_port:
         on_batch, on_lag = serve_mirror_metrics(args.metrics_port, config.name)
+    if args.follow:
+        on_lag = heartbeat_on_lag(config, on_lag)
     summary = backfill(
         config,
         follow=args.follow,
@@ -56,6 +58,22 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary.as_json()))
     return 0
+
+
+def heartbeat_on_lag(config, then):
+    """A follow mirror heartbeats (with its lag) so the runbook can tell it is live."""
+    from ferry.follower import beat
+    from ferry.ingest import migration_keys
+    from ferry.redis_target import connect_redis
+
+    client, keys = connect_redis(config), migration_keys(config)
+
+    def on_lag(values: dict[int, int]) -> None:
+        beat(client, keys, values)
+        if then is not None:
+            then(values)
+
+    return on_lag
 
 
 def serve_mirror_metrics(port: int, stream: str):

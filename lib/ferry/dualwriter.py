@@ -22,6 +22,7 @@ registry, so a phase change is followed within a second.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -170,6 +171,10 @@ class DualWriter:
             self._metrics.sent.inc()
 
     def _produce(self, value, key, partition, headers, timestamp_ms, mirror, on_delivery=None):
+        if headers and on_delivery is None and mirror:
+            # delivery reports carry no headers: the record for Redis keeps the ones sent
+            sent = tuple((k, v.encode() if isinstance(v, str) else v) for k, v in headers)
+            on_delivery = functools.partial(self._deliver_mirrored, headers=sent)
         kwargs = {
             "key": key,
             "value": value,
@@ -249,7 +254,7 @@ class DualWriter:
 
     # --- background ----------------------------------------------------------------------
     def _on_delivery(self, mirror: bool):
-        def report(err, msg):
+        def report(err, msg, headers: tuple = ()):
             if err is not None:
                 self.counts.failures += 1
                 if self._metrics:
@@ -258,14 +263,8 @@ class DualWriter:
                     self._in_flight -= 1
                 return
             self.counts.delivered += 1
-            headers = msg.headers()
             record = KafkaRecord(
-                msg.partition(),
-                msg.offset(),
-                msg.timestamp()[1],
-                msg.key(),
-                msg.value(),
-                tuple(headers or ()),
+                msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value(), headers
             )
             with self._lock:
                 if mirror:
@@ -387,19 +386,15 @@ class DualWriter:
                 [*record.headers, (SHADOW_HEADER, entry_id)],
                 record.timestamp_ms,
                 False,
-                on_delivery=self._deliver_shadow,
+                on_delivery=functools.partial(self._deliver_shadow, record=record),
             )
 
-    def _deliver_shadow(self, err, msg) -> None:
+    def _deliver_shadow(self, err, msg, record: KafkaRecord) -> None:
         with self._lock:
             if err is None:
                 self.counts.shadowed += 1
             else:  # in Redis, but rollback could not bring it back: say so
                 self.counts.failures += 1
-                headers = tuple(msg.headers() or ())
-                record = KafkaRecord(
-                    msg.partition(), -1, msg.timestamp()[1], msg.key(), msg.value(), headers
-                )
                 self.failed.append((record, f"shadow not delivered to Kafka: {err}"))
             self._in_flight -= 1
             self._primary_pending -= 1

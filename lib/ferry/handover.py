@@ -270,3 +270,74 @@ class StreamConsumer:
             if info["name"].decode() == self.group:
                 return int(info.get("lag") or 0)
         raise HandoverError(f"no group {self.group!r} on {self.stream}")
+
+
+def handover_key(keys: MigrationKeys, group: str) -> str:
+    return f"{keys.tag}:ferry:handover:{group}"
+
+
+def handover_requested(config: StreamConfig, group: str) -> bool:
+    """What a consumer built on ferry polls: step 05 asks the group to leave Kafka."""
+    return bool(connect_redis(config).exists(handover_key(migration_keys(config), group)))
+
+
+def group_is_empty(config: StreamConfig, group: str) -> bool:
+    """True when no consumer is in the Kafka group (its committed offsets are final)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    from ferry.kafka_confluent import client_settings
+    from ferry.kafka_source import resolve_bootstrap
+
+    admin = AdminClient(client_settings(config.kafka, resolve_bootstrap(config.kafka)))
+    try:
+        found = admin.describe_consumer_groups([group])[group].result(timeout=15)
+    except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException
+        raise KafkaError(f"cannot describe consumer group {group!r}: {exc}") from exc
+    return found.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
+
+
+def topic_groups(config: StreamConfig) -> list[str]:
+    """The Kafka consumer groups with committed offsets on the topic."""
+    from ferry.kafka_source import open_source
+    from ferry.preflight import consumer_groups
+
+    source = open_source(config)
+    try:
+        info = source.describe_topic()
+    finally:
+        source.close()
+    rows = consumer_groups(config, info)
+    failed = [r for r in rows if "detail" in r]
+    if failed:
+        raise KafkaError(f"cannot list the topic's consumer groups: {failed[0]['detail']}")
+    return [r["group"] for r in rows]
+
+
+def hand_over_group(config: StreamConfig, group: str, wait_s: float = 30.0) -> Translation:
+    """Ask the group's consumers to leave Kafka (a flag they poll), wait until the Kafka group
+    is empty so its committed offsets are final, then translate it."""
+    import time
+
+    client = connect_redis(config)
+    key = handover_key(migration_keys(config), group)
+    client.hset(key, mapping={"state": "requested", "at_ms": int(time.time() * 1000)})
+    deadline = time.monotonic() + wait_s
+    while not group_is_empty(config, group):
+        if time.monotonic() > deadline:
+            raise HandoverError(
+                f"Kafka group {group!r} still has consumers after {wait_s:.0f}s; stop them (or let "
+                "them see the hand-over request) and run step 05 again"
+            )
+        time.sleep(0.1)  # the consumers' commit and leave, bounded by wait_s
+    committed = read_committed_offsets(config, group)
+    keys = migration_keys(config)
+    while True:  # the mirror passes what the group read (shadows included) before translating
+        _, frontiers = read_state(client, keys)
+        behind = {p: o for p, o in committed.items() if o - 1 > frontiers.get(p, -1)}
+        if not behind or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # the follow mirror's progress, bounded by wait_s
+    translation = translate_group(config, group, committed)
+    client.hset(key, "state", "translated")
+    return translation

@@ -38,8 +38,8 @@ for i = 3, #ARGV, 6 do
     end
     local found = redis.call('XRANGE', stream, id, id)
     if #found == 0 then
-      local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
-      if #first == 0 or not id_less(id, first[1][1]) then  -- not trimmed: it never was there
+      local trimmed = redis.call('HGET', state, 'trimmed_id:' .. stream)
+      if not trimmed or id_less(trimmed, id) then  -- not removed by retention: never there
         return redis.error_reply('FERRY_SHADOW partition ' .. p .. ' offset ' .. ARGV[i] .. ' is the shadow of entry ' .. id .. ', which is not in ' .. stream)
       end
     elseif found[1][2][2] ~= p then

@@ -81,11 +81,11 @@ def _kafka_checks(config: StreamConfig, result: Preflight, now_ms: int) -> Topic
         )
     else:
         result.add("requested start within Kafka retention", True, f"start: {config.start.kind}")
-    result.groups = _consumer_groups(config, info)
+    result.groups = consumer_groups(config, info)
     return info
 
 
-def _consumer_groups(config: StreamConfig, info: TopicInfo) -> list[dict]:
+def consumer_groups(config: StreamConfig, info: TopicInfo) -> list[dict]:
     """Consumer groups with committed offsets on the topic, and their lag (best effort:
     listing groups is inventory, not a gate)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition

@@ -27,7 +27,8 @@ class Step:
 
 
 def load_steps(path: Path | None = None) -> list[Step]:
-    """The steps in runbook order; ids must be unique and increasing."""
+    """The steps in runbook order (the list's order; ids name the steps, as in DESIGN.md,
+    and must be unique)."""
     path = path or project_root() / STEPS_FILE
     try:
         data = yaml.safe_load(path.read_text())
@@ -52,8 +53,8 @@ def load_steps(path: Path | None = None) -> list[Step]:
             )
         )
     ids = [s.id for s in steps]
-    if ids != sorted(ids) or len(set(ids)) != len(ids):
-        raise ConfigError(f"{path}: step ids must be unique and increasing, got {ids}")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: step ids must be unique, got {ids}")
     return steps
 
 
@@ -76,8 +77,8 @@ def plan_run(steps: list[Step], start: str | None = None, only: str | None = Non
     if only is not None:
         chosen = [find(only)]
     else:
-        first = find(start).id if start is not None else steps[0].id
-        chosen = [s for s in steps if s.id >= first and not s.on_demand]
+        first = steps.index(find(start)) if start is not None else 0
+        chosen = [s for s in steps[first:] if not s.on_demand]
     return chosen
 
 

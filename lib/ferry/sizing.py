@@ -20,6 +20,7 @@ class SizingInputs:
     headroom: float  # fraction of memory and throughput kept free, 0..0.9
     replicas: int  # replicas per shard
     node_price_month: float
+    max_entries: int | None = None  # the stream's trim.max_len: steady state never holds more
 
     def __post_init__(self) -> None:
         for name in ("bytes_per_entry", "node_memory_gb"):
@@ -48,7 +49,10 @@ class Sizing:
 
 
 def size_target(i: SizingInputs) -> Sizing:
-    entries = max(i.backlog_records, math.ceil(i.event_rate * i.retention_s))
+    steady = math.ceil(i.event_rate * i.retention_s)
+    if i.max_entries is not None:
+        steady = min(steady, i.max_entries)
+    entries = max(i.backlog_records, steady)  # the backfill lands all history before trimming
     memory = entries * i.bytes_per_entry
     usable = i.node_memory_gb * GB * (1 - i.headroom)
     for_memory = max(1, math.ceil(memory / usable))

@@ -42,4 +42,11 @@ def generate_traffic(
                 time.sleep(ahead)  # pacing to the requested rate
     finally:
         writer.close()
-    return {**writer.counts.__dict__, "seconds": round(time.monotonic() - began, 2)}
+    holds = sorted(writer.holds_ms)
+    return {
+        **writer.counts.__dict__,
+        "not_accepted": len(writer.failed),
+        "seconds": round(time.monotonic() - began, 2),
+        "held_sends": len(holds),
+        "hold_ms": [round(h, 2) for h in holds],
+    }

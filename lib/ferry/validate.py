@@ -127,8 +127,17 @@ def scan_stream(client: redis.Redis, key: str) -> Iterator[tuple[bytes, dict[byt
 
 
 def scan_redis(
-    client: redis.Redis, keys: MigrationKeys, partitions: list[int]
+    client: redis.Redis,
+    keys: MigrationKeys,
+    partitions: list[int],
+    since: dict[int, int] | None = None,
+    until: dict[int, int] | None = None,
 ) -> dict[int, _RedisSide]:
+    """What the stream holds per partition. Kafka-origin entries outside ``[since[p],
+    until[p]]`` are outside the range being validated and left out: with live traffic the
+    mirror appends beyond the frontier read when validation began."""
+    since = since or {}
+    until = until or {}
     sides = {p: _RedisSide() for p in partitions}
     for key in keys.streams(partitions):
         for _id, fields in scan_stream(client, key):
@@ -139,6 +148,12 @@ def scan_redis(
             side = sides.setdefault(record.partition, _RedisSide())
             if record.offset == REDIS_ORIGIN:
                 side.primary[_id] = record_digest(record)
+                continue
+            if (
+                not since.get(record.partition, 0)
+                <= record.offset
+                <= until.get(record.partition, record.offset)
+            ):
                 continue
             side.count += 1
             if record.offset in side.digests:
@@ -191,9 +206,11 @@ def validate_stream(
     *,
     client: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    since: dict[int, int] | None = None,
 ) -> ValidationReport:
     """Compare the Kafka range ``[start, frontier]`` with the stream, partition by partition
-    (from just past ``trimmed_to`` where retention removed the oldest entries)."""
+    (from just past ``trimmed_to`` where retention removed the oldest entries; from
+    ``since[p]`` when given, to check a window of live traffic)."""
     began = time.monotonic()
     target = connect_redis(config)
     keys = migration_keys(config)
@@ -206,11 +223,13 @@ def validate_stream(
             raise FerryError(
                 f"stream {config.name!r} was never backfilled: no migration state at {keys.state}"
             )
-        sides = scan_redis(target, keys, partitions)
+        sides = scan_redis(target, keys, partitions, since, frontiers)
         gaps_allowed = info.compacted or config.kafka.transactional
         trimmed = read_trimmed(target, config)
         # what retention removed on purpose is not expected in the stream any more
-        first = {p: max(starts[p], trimmed.get(p, -1) + 1) for p in partitions}
+        first = {
+            p: max(starts[p], trimmed.get(p, -1) + 1, (since or {}).get(p, 0)) for p in partitions
+        }
         ranges = {p: (first[p], frontiers[p]) for p in partitions}
         seen = {p: 0 for p in partitions}
         missing = dict.fromkeys(partitions, 0)

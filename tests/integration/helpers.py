@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from ferry.entries import KafkaRecord, entry_to_record
+from ferry.mirror import backfill
 from ferry.seed import SeedRecord
 
 
@@ -100,3 +102,23 @@ def stop_processes(procs) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+class Mirror:
+    """A following mirror in a thread."""
+
+    def __init__(self, config):
+        self.stop = threading.Event()
+        self.result = {}
+        self.thread = threading.Thread(target=self._run, args=(config,))
+        self.thread.start()
+
+    def _run(self, config):
+        self.result["summary"] = backfill(
+            config, follow=True, progress=False, should_stop=self.stop.is_set
+        )
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()

@@ -30,7 +30,7 @@ from ferry.reconcile import kafka_identity, record_identity
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
 
-from .helpers import by_partition, ferry_cli, read_redis_records
+from .helpers import Mirror, by_partition, ferry_cli, read_redis_records
 
 
 def test_transitions_are_logged_with_epochs_and_illegal_ones_refused(make_stream, redis_client):
@@ -49,26 +49,6 @@ def test_transitions_are_logged_with_epochs_and_illegal_ones_refused(make_stream
         ("draining", "dual-write", "3"),
     ]
     assert read_phase(redis_client, keys).phase == DUAL_WRITE
-
-
-class Mirror:
-    """A following mirror in a thread."""
-
-    def __init__(self, config):
-        self.stop = threading.Event()
-        self.result = {}
-        self.thread = threading.Thread(target=self._run, args=(config,))
-        self.thread.start()
-
-    def _run(self, config):
-        self.result["summary"] = backfill(
-            config, follow=True, progress=False, should_stop=self.stop.is_set
-        )
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive()
 
 
 def test_dual_writer_lands_every_record_exactly_once_beside_the_mirror(make_stream, redis_client):

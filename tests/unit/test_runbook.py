@@ -13,10 +13,10 @@ def steps():
     return load_steps(ROOT / "runbook" / "steps.yaml")
 
 
-def test_steps_are_ordered_and_unique():
+def test_steps_are_unique_and_backfill_comes_before_dual_write():
     ids = [s.id for s in steps()]
-    assert ids == sorted(ids) and len(ids) == len(set(ids))
-    assert ids[:2] == ["00", "01"]
+    assert len(ids) == len(set(ids))
+    assert ids == ["00", "01", "03", "02", "04", "05", "06", "99"]
 
 
 def test_every_notebook_is_in_the_step_list_exactly_once():
@@ -40,22 +40,25 @@ def test_plan_full_from_and_only():
     all_steps = steps()
     full = [s.id for s in plan_run(all_steps)]
     assert "99" not in full and full[0] == "00"
-    assert [s.id for s in plan_run(all_steps, start="03")] == [i for i in full if i >= "03"]
+    assert [s.id for s in plan_run(all_steps, start="03")] == full[full.index("03") :]
+    assert [s.id for s in plan_run(all_steps, start="02")] == ["02", "04", "05", "06"]
     assert [s.id for s in plan_run(all_steps, start="validation")][0] == "04"
     assert [s.id for s in plan_run(all_steps, only="99")] == ["99"]
 
 
 def test_unknown_step_names_the_choices():
-    with pytest.raises(ConfigError, match="no step '42'; steps are 00-capacity-sizing"):
+    with pytest.raises(
+        ConfigError, match="no step '42'; steps are 00-capacity-sizing, 01-preflight, 03-backfill"
+    ):
         plan_run(steps(), start="42")
 
 
 def test_bad_step_file(tmp_path):
     bad = tmp_path / "steps.yaml"
     bad.write_text(
-        "steps:\n  - {id: '01', name: a, proves: x}\n  - {id: '00', name: b, proves: y}\n"
+        "steps:\n  - {id: '01', name: a, proves: x}\n  - {id: '01', name: b, proves: y}\n"
     )
-    with pytest.raises(ConfigError, match="unique and increasing"):
+    with pytest.raises(ConfigError, match="must be unique"):
         load_steps(bad)
 
 
