@@ -207,6 +207,19 @@ def cmd_translate_group(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_group_consumer(args: argparse.Namespace) -> int:
+    from ferry.group_consumer import run_group_consumer
+
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
+    counts = run_group_consumer(
+        load_config(args.stream), args.group, Path(args.log), lambda: stop["flag"]
+    )
+    print(json.dumps(counts))
+    return 0
+
+
 def cmd_traffic(args: argparse.Namespace) -> int:
     from ferry.traffic import generate_traffic
 
@@ -300,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seconds", type=float, help="stop after this long (default: until SIGTERM)")
     tr.add_argument("--seed", type=int, default=1)
     tr.set_defaults(func=cmd_traffic)
+
+    gc = sub.add_parser(
+        "group-consumer",
+        help="a consumer group member that reads Kafka, then Redis after the hand-over (step 05)",
+    )
+    gc.add_argument("stream")
+    gc.add_argument("group")
+    gc.add_argument("--log", required=True, help="file to append what it processed (JSON lines)")
+    gc.set_defaults(func=cmd_group_consumer)
 
     sd = sub.add_parser("seed-demo", help="create and fill the demo topic on the running services")
     sd.add_argument("--records", type=int, default=200_000)

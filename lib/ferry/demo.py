@@ -1,60 +1,145 @@
-"""``make demo``: the whole runbook for the demo stream on fresh embedded services."""
+"""``make demo``: a live migration of the demo stream on fresh embedded services.
+
+History is seeded, then a traffic generator sends payment events through ``DualWriter`` at a
+steady rate and a consumer group reads them, first from Kafka; the whole runbook runs while
+both keep going (the consumer moves to Redis at step 05). At the end an independent check
+reads every record of both sides and the consumer's log.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from ferry.audit import verify_archive
 from ferry.config import load_config
+from ferry.follower import live_follower, stop_follower
+from ferry.handover import HandoverError, StreamConsumer
+from ferry.live_check import LiveReport, check_live_migration
 from ferry.runbook import project_root
 from ferry.runner import run_runbook
 from ferry.seed import seed_demo_topic
 from ferry.services import embedded_services
 
 DEMO_CONFIG = Path("runbook/streams/payments.yaml")
+GROUP = "billing"
+SETTLE_S = 60.0
 
 
-def run_demo(records: int = 200_000, partitions: int = 6) -> int:
-    """Returns the exit status: 0 when every gate passed and the archive verifies."""
+def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) -> int:
+    """Returns the exit status: 0 when every gate passed, the archive verifies and the
+    independent check finds nothing lost, doubled or misordered."""
     root = project_root()
     config = load_config(root / DEMO_CONFIG)
     home = root / ".ferry" / "demo"
     os.environ["FERRY_HOME"] = str(home)
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    consumer_log = logs / "consumer-processed.jsonl"
+    consumer_log.unlink(missing_ok=True)
     with embedded_services(home / "services") as services:
-        print(
-            f"services: kafka {services.kafka_bootstrap} (Tansu), {services.redis_kind} {services.redis_url}"
-        )
-        produced = seed_demo_topic(
-            services.kafka_bootstrap, config.kafka.topic, records, partitions
-        )
-        print(
-            f"seeded {produced} payment events (awkward records included) into {config.kafka.topic!r}"
-        )
-        result = run_runbook("payments")
+        print(f"services: kafka {services.kafka_bootstrap} (Tansu), {services.redis_kind} {services.redis_url}")  # fmt: skip
+        seeded = seed_demo_topic(services.kafka_bootstrap, config.kafka.topic, records, partitions)
+        print(f"seeded {seeded} payment events (awkward records included) into {config.kafka.topic!r}")  # fmt: skip
+        traffic = _spawn(["traffic", "payments", "--rate", str(rate)], logs / "traffic.json")
+        consumer = _spawn(["group-consumer", "payments", GROUP, "--log", str(consumer_log)], None)
+        print(f"live: {rate:.0f} msg/s through DualWriter; consumer group {GROUP!r} reading Kafka")
+        try:
+            result = run_runbook("payments")
+        finally:
+            counts = _stop(traffic, logs / "traffic.json")
+            _settle(config)
+            _stop(consumer, None)
+            stop_follower(config)
+        report = check_live_migration(config, counts.get("sent", 0), consumer_log)
     problems = verify_archive(result.folder)
     print()
     for step in result.steps:
-        print(
-            f"  {step.id} {step.name:<18} {step.outcome:<13} {step.seconds:>6.1f}s  {step.message}"
-        )
-    summary = _read(result.folder / "validation.json")
-    if summary:
-        print(
-            f"\nvalidation: kafka {summary['kafka_count']}, redis {summary['redis_count']}, "
-            f"missing {summary['missing']}, duplicates {summary['duplicates']}, "
-            f"misordered {summary['out_of_order']}, mismatched {summary['mismatched']}"
-        )
-    backfill = _read(result.folder / "backfill.json")
-    if backfill:
-        print(f"backfill: {backfill['records']} records at {backfill['msg_per_s']:,.0f} msg/s")
-    print(
-        f"archive: {result.folder} ({'verified' if not problems else 'BROKEN: ' + '; '.join(problems)})"
+        print(f"  {step.id} {step.name:<18} {step.outcome:<13} {step.seconds:>6.1f}s  {step.message}")  # fmt: skip
+    cutover = _read(result.folder / "cutover.json") or {}
+    (home / "live-report.json").write_text(
+        json.dumps({**report.as_json(), "cutover": cutover, "traffic": counts}, indent=2)
     )
-    ok = result.ok and not problems
+    _print_report(report, cutover, counts)
+    print(f"archive: {result.folder} ({'verified' if not problems else 'BROKEN: ' + '; '.join(problems)})")  # fmt: skip
+    ok = result.ok and not problems and report.ok
     print("demo OK" if ok else "demo FAILED")
     return 0 if ok else 1
+
+
+def _spawn(args: list[str], out: Path | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ferry.cli", *args],
+        stdout=open(out, "w") if out else subprocess.DEVNULL,  # noqa: SIM115 - the child's
+    )
+
+
+def _stop(proc: subprocess.Popen, out: Path | None) -> dict:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    if out is None or not out.exists():
+        return {}
+    text = out.read_text().strip()
+    return json.loads(text.splitlines()[-1]) if text else {}
+
+
+def _settle(config) -> None:
+    """After the producers stop: the follow mirror passes the last shadows and the consumer
+    group drains the stream (bounded)."""
+    from ferry.cutover import mirror_lag
+
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        lag = mirror_lag(config) if live_follower(config) else {}
+        try:
+            reader = StreamConsumer(config, GROUP)
+        except HandoverError:  # not translated (a step failed): nothing to drain in Redis
+            backlog = 0
+        else:
+            groups = {g["name"].decode(): g for g in reader.client.xinfo_groups(reader.stream)}
+            backlog = int(groups[GROUP].get("lag") or 0) + int(groups[GROUP]["pending"])
+        if not any(lag.values()) and backlog == 0:
+            return
+        time.sleep(0.2)  # waiting on the mirror and the consumer, bounded by SETTLE_S
+
+
+def _print_report(report: LiveReport, cutover: dict, counts: dict) -> None:
+    s = report.sides
+    print(
+        f"\nindependent check of every record: Kafka {s.kafka:,} (shadows included), "
+        f"Redis {s.redis:,} ({s.redis_first:,} written Redis-first), "
+        f"retired by retention {report.retired_by_retention:,}"
+    )
+    print(
+        f"  produced live {report.produced_live:,}, found {report.live_found:,}, lost {report.lost_live}; "
+        f"lost {s.lost}, duplicated {s.duplicated}, misordered {s.misordered}, "
+        f"mismatched {s.mismatched}, extra {s.extra}"
+    )
+    if report.consumer is not None:
+        c = report.consumer
+        print(
+            f"  consumer group {GROUP!r}: {c.from_kafka:,} from Kafka + {c.from_redis:,} from Redis; "
+            f"hand-over duplicates {c.duplicates}, gaps {c.gaps}"
+        )
+    holds = counts.get("hold_ms") or []
+    if cutover:
+        print(
+            f"  cutover pause {cutover.get('pause_ms', 0):.0f} ms; sends held during it: "
+            f"{len(holds)}, p50 {_pct(holds, 0.5):.0f} ms, p99 {_pct(holds, 0.99):.0f} ms, "
+            f"max {max(holds, default=0):.0f} ms"
+        )
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _read(path: Path) -> dict | None:

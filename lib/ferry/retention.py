@@ -23,6 +23,8 @@ class TrimResult:
     memory_after: int
     length_before: int
     length_after: int
+    longest_at_trim: int = 0  # the longest stream as its last trim step left it (live traffic
+    # keeps appending afterwards, so length_after can be larger)
 
 
 def trim_stream(
@@ -36,7 +38,7 @@ def trim_stream(
     streams = [k for k in keys.streams(sorted(starts)) if client.exists(k)]
     before = sum(client.memory_usage(k, samples=0) or 0 for k in streams)
     length_before = sum(client.xlen(k) for k in streams)
-    removed = calls = 0
+    removed = calls = longest = 0
     if policy is not None:
         script = _script(client, "trim.lua")
         if policy.max_age_ms is not None:
@@ -47,13 +49,16 @@ def trim_stream(
         for key in streams:
             while True:
                 calls += 1
-                n = int(script(keys=[keys.state, key], args=[limit, mode, threshold]))
+                n, length = (
+                    int(v) for v in script(keys=[keys.state, key], args=[limit, mode, threshold])
+                )
                 removed += n
                 if n < limit:
+                    longest = max(longest, length)
                     break
     after = sum(client.memory_usage(k, samples=0) or 0 for k in streams)
     return TrimResult(
-        removed, calls, before, after, length_before, sum(client.xlen(k) for k in streams)
+        removed, calls, before, after, length_before, sum(client.xlen(k) for k in streams), longest
     )
 
 

@@ -3,14 +3,14 @@
 -- last ID removed (entries written to Redis first have no offset).
 -- KEYS[1] state hash, KEYS[2] stream
 -- ARGV[1] limit, ARGV[2] mode ('minid' or 'maxlen'), ARGV[3] threshold (an ID or a length)
--- Returns the number of entries removed (0 when nothing is left to trim).
+-- Returns {entries removed (0 when nothing is left to trim), the stream's length after}.
 local state, stream = KEYS[1], KEYS[2]
 local limit = tonumber(ARGV[1])
 local mode, threshold = ARGV[2], ARGV[3]
 local want = limit
 if mode == 'maxlen' then
   local excess = redis.call('XLEN', stream) - tonumber(threshold)
-  if excess <= 0 then return 0 end
+  if excess <= 0 then return {0, redis.call('XLEN', stream)} end
   if excess < want then want = excess end
 end
 -- read one more than we may remove: its ID is the exact MINID that keeps it
@@ -40,7 +40,7 @@ for i, entry in ipairs(entries) do
   removed = removed + 1
   last_removed = id
 end
-if removed == 0 then return 0 end
+if removed == 0 then return {0, redis.call('XLEN', stream)} end
 if keep_id then
   redis.call('XTRIM', stream, 'MINID', keep_id)
 else
@@ -53,4 +53,4 @@ for p, o in pairs(highest) do
     redis.call('HSET', state, 'trimmed:' .. p, o)
   end
 end
-return removed
+return {removed, redis.call('XLEN', stream)}

@@ -1,0 +1,111 @@
+"""A reference consumer that goes through the hand-over: it reads its Kafka group until step 05
+asks it to leave, then reads the translated Redis group through ``StreamConsumer``.
+
+What it processes is appended (one JSON line per record, with the side it came from) to a
+log before it commits or acknowledges, so an independent check can count duplicates and gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ferry.config import StreamConfig
+from ferry.entries import KafkaRecord
+from ferry.errors import FerryError
+from ferry.handover import HandoverError, StreamConsumer, handover_requested
+from ferry.kafka_confluent import client_settings
+from ferry.kafka_source import resolve_bootstrap
+from ferry.reconcile import kafka_identity, record_identity
+
+CHECK_EVERY_S = 0.2
+
+
+def _line(side: str, identity) -> str:
+    value = identity.decode() if isinstance(identity, bytes) else list(identity)
+    return json.dumps({"side": side, "id": value}) + "\n"
+
+
+def run_group_consumer(
+    config: StreamConfig,
+    group: str,
+    log_path: Path,
+    should_stop: Callable[[], bool] = lambda: False,
+    name: str = "consumer-1",
+) -> dict:
+    """Consume until ``should_stop()``; returns how many records came from each side."""
+    counts = {"kafka": 0, "redis": 0}
+    with open(log_path, "a") as log:
+        if not _translated(config, group):
+            counts["kafka"] = _consume_kafka(config, group, log, should_stop)
+        while not should_stop() and not _translated(config, group):
+            time.sleep(CHECK_EVERY_S)  # step 05 translates the group; bounded by should_stop
+        if should_stop():
+            return counts
+        reader = StreamConsumer(config, group, name, batch=500, block_ms=200)
+        while not should_stop():
+            batch = reader.poll()
+            if batch:
+                log.writelines(
+                    _line("redis", record_identity(d.entry_id.encode(), d.record)) for d in batch
+                )
+                log.flush()
+                reader.ack(*batch)
+                counts["redis"] += len(batch)
+    return counts
+
+
+def _translated(config: StreamConfig, group: str) -> bool:
+    try:
+        StreamConsumer(config, group)
+    except HandoverError:
+        return False
+    return True
+
+
+def _consume_kafka(config: StreamConfig, group: str, log, should_stop) -> int:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            **client_settings(config.kafka, resolve_bootstrap(config.kafka)),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    consumer.subscribe([config.kafka.topic])
+    done = 0
+    next_check = 0.0
+    try:
+        while not should_stop():
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + CHECK_EVERY_S
+                if handover_requested(config, group):
+                    break
+            messages = [m for m in consumer.consume(500, 0.2) if m.error() is None]
+            if not messages:
+                continue
+            log.writelines(
+                _line(
+                    "kafka",
+                    kafka_identity(
+                        KafkaRecord(
+                            m.partition(), m.offset(), 0, None, None, tuple(m.headers() or ())
+                        )
+                    ),
+                )
+                for m in messages
+            )
+            log.flush()
+            consumer.commit(asynchronous=False)  # after the work is recorded
+            done += len(messages)
+    except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException
+        raise FerryError(f"group {group!r} consumer failed: {exc}") from exc
+    finally:
+        consumer.close()  # leaves the group: step 05 waits for it to be empty
+    return done
