@@ -46,6 +46,7 @@ class RollbackPlan:
     restores: str
     cannot: str
     live_writers: int
+    unshadowed: int = 0  # entries written to Redis first whose Kafka shadow the mirror has not seen
 
 
 def plan_rollback(config: StreamConfig) -> RollbackPlan:
@@ -60,7 +61,22 @@ def plan_rollback(config: StreamConfig) -> RollbackPlan:
             phase, None, "", "rollback is no longer possible after redis-only", live
         )
     restores, cannot = RESTORES[phase]
-    return RollbackPlan(phase, ROLLBACK_TO[phase], restores, cannot, live)
+    written, shadowed = (
+        int(v or 0) for v in client.hmget(keys.state, "primary_written", "shadowed")
+    )
+    unshadowed = max(0, written - shadowed)
+    if phase == REDIS_PRIMARY:
+        cannot += (
+            f"; {written} entries were written to Redis first and the mirror has passed "
+            f"{shadowed} of their Kafka shadows"
+            + (
+                f": {unshadowed} are not in Kafka yet (in flight, or lost if their writer died "
+                "between the two writes; those only Redis has)"
+                if unshadowed
+                else ""
+            )
+        )
+    return RollbackPlan(phase, ROLLBACK_TO[phase], restores, cannot, live, unshadowed)
 
 
 def roll_back(

@@ -56,7 +56,8 @@ def test_redis_primary_then_rollback_then_cutover_again_keeps_every_record_once(
         starts, frontiers = read_state(redis_client, keys)
         assert int(redis_client.hget(keys.state, "shadowed")) == 300
         plan = plan_rollback(stream.config)
-        assert plan.target == DUAL_WRITE
+        assert plan.target == DUAL_WRITE and plan.unshadowed == 0
+        assert "300 entries were written to Redis first" in plan.cannot
         for i in range(100):  # queued Redis-first, then the rollback: the rest go to Kafka
             writer.send(b"around rollback %d" % i, key=b"k%d" % (i % 7))
         assert roll_back(stream.config, plan)[0] == DUAL_WRITE
