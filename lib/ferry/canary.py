@@ -123,13 +123,15 @@ def send_canaries(config: StreamConfig, count: int = 20, timeout_s: float = 30.0
 def _find_canaries(config: StreamConfig, ids: set[str], deadline: float) -> dict:
     """Canary ID -> its record in the stream, scanning the newest entries until all are there."""
     from ferry.entries import entry_to_record
+    from ferry.ingest import read_state
 
     client = connect_redis(config)
     keys = migration_keys(config)
+    streams = keys.streams(sorted(read_state(client, keys)[0]))
     found: dict = {}
     while True:
-        for key in keys.streams(list(range(64))) if keys.layout != "merged" else [keys.stream]:
-            for _, fields in client.xrevrange(key, count=5000) if client.exists(key) else []:
+        for key in streams:
+            for _, fields in client.xrevrange(key, count=5000):
                 record = entry_to_record(fields)
                 for name, value in record.headers:
                     if name == CANARY_HEADER and value and value.decode() in ids:

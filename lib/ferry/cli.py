@@ -30,18 +30,20 @@ def cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
+def stop_on(*signals: signal.Signals):
+    """A ``should_stop`` callable that turns True once one of ``signals`` arrives: long-running
+    verbs finish their current batch and exit cleanly."""
+    stop = {"flag": False}
+    for sig in signals:
+        signal.signal(sig, lambda *_: stop.__setitem__("flag", True))
+    return lambda: stop["flag"]
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from ferry.mirror import backfill
 
     config = load_config(args.stream)
-    stop = {"flag": False}
-
-    def request_stop(signum, frame):
-        stop["flag"] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    if args.follow:
-        signal.signal(signal.SIGINT, request_stop)
+    should_stop = stop_on(signal.SIGTERM, *([signal.SIGINT] if args.follow else []))
     on_batch = on_lag = None
     if args.metrics_port:
         on_batch, on_lag = serve_mirror_metrics(args.metrics_port, config.name)
@@ -52,7 +54,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         follow=args.follow,
         client=args.client,
         progress=not args.no_progress,
-        should_stop=lambda: stop["flag"],
+        should_stop=should_stop,
         on_batch=on_batch,
         on_lag=on_lag,
     )
@@ -210,12 +212,8 @@ def cmd_translate_group(args: argparse.Namespace) -> int:
 def cmd_group_consumer(args: argparse.Namespace) -> int:
     from ferry.group_consumer import run_group_consumer
 
-    stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
-    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
-    counts = run_group_consumer(
-        load_config(args.stream), args.group, Path(args.log), lambda: stop["flag"]
-    )
+    should_stop = stop_on(signal.SIGTERM, signal.SIGINT)
+    counts = run_group_consumer(load_config(args.stream), args.group, Path(args.log), should_stop)
     print(json.dumps(counts))
     return 0
 
@@ -223,14 +221,12 @@ def cmd_group_consumer(args: argparse.Namespace) -> int:
 def cmd_traffic(args: argparse.Namespace) -> int:
     from ferry.traffic import generate_traffic
 
-    stop = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
-    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
+    should_stop = stop_on(signal.SIGTERM, signal.SIGINT)
     counts = generate_traffic(
         load_config(args.stream),
         rate=args.rate,
         seconds=args.seconds,
-        should_stop=lambda: stop["flag"],
+        should_stop=should_stop,
         seed=args.seed,
     )
     print(json.dumps(counts))

@@ -73,10 +73,11 @@ def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) 
 
 
 def _spawn(args: list[str], out: Path | None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ferry.cli", *args],
-        stdout=open(out, "w") if out else subprocess.DEVNULL,  # noqa: SIM115 - the child's
-    )
+    command = [sys.executable, "-m", "ferry.cli", *args]
+    if out is None:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    with open(out, "w") as stdout:  # the child keeps its own descriptor
+        return subprocess.Popen(command, stdout=stdout)
 
 
 def _stop(proc: subprocess.Popen, out: Path | None) -> dict:
@@ -93,14 +94,15 @@ def _settle(config) -> None:
     group drains the stream (bounded)."""
     from ferry.cutover import mirror_lag
 
+    try:
+        reader = StreamConsumer(config, GROUP)
+    except HandoverError:  # not translated (a step failed): nothing to drain in Redis
+        reader = None
     deadline = time.monotonic() + SETTLE_S
     while time.monotonic() < deadline:
         lag = mirror_lag(config) if live_follower(config) else {}
-        try:
-            reader = StreamConsumer(config, GROUP)
-        except HandoverError:  # not translated (a step failed): nothing to drain in Redis
-            backlog = 0
-        else:
+        backlog = 0
+        if reader is not None:
             groups = {g["name"].decode(): g for g in reader.client.xinfo_groups(reader.stream)}
             backlog = int(groups[GROUP].get("lag") or 0) + int(groups[GROUP]["pending"])
         if not any(lag.values()) and backlog == 0:

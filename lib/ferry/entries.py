@@ -178,6 +178,12 @@ def record_digest(record: KafkaRecord) -> bytes:
     return h.digest()
 
 
+def entry_id_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry ID as (ms, seq), which orders IDs the way Redis does."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 def entry_id_ms(entry_id: bytes | str) -> int:
     """The millisecond part of a stream entry ID."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

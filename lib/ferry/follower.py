@@ -70,26 +70,33 @@ def start_follower(config: StreamConfig, wait_s: float = 30.0) -> FollowerInfo:
         return found
     logs = services_home().parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log = open(logs / f"mirror-{config.name}.log", "ab")  # noqa: SIM115 - the child keeps it
+    log = logs / f"mirror-{config.name}.log"
     source = config.source if Path(config.source).is_file() else config.name
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferry.cli", "backfill", str(source), "--follow", "--no-progress"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # outlives the notebook's kernel
-    )
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ferry.cli",
+                "backfill",
+                str(source),
+                "--follow",
+                "--no-progress",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives the notebook's kernel
+        )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         found = live_follower(config)
         if found is not None and found.pid == proc.pid:
             return found
         if proc.poll() is not None:
-            raise FerryError(
-                f"the follow mirror exited with status {proc.returncode}; see {Path(log.name)}"
-            )
+            raise FerryError(f"the follow mirror exited with status {proc.returncode}; see {log}")
         time.sleep(0.1)  # waiting for its first heartbeat, bounded
     proc.terminate()
-    raise FerryError(f"the follow mirror sent no heartbeat within {wait_s:.0f}s; see {log.name}")
+    raise FerryError(f"the follow mirror sent no heartbeat within {wait_s:.0f}s; see {log}")
 
 
 def stop_follower(config: StreamConfig, wait_s: float = 30.0) -> bool:

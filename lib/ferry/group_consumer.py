@@ -7,6 +7,7 @@ log before it commits or acknowledges, so an independent check can count duplica
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -15,10 +16,12 @@ from pathlib import Path
 from ferry.config import StreamConfig
 from ferry.entries import KafkaRecord
 from ferry.errors import FerryError
-from ferry.handover import HandoverError, StreamConsumer, handover_requested
+from ferry.handover import StreamConsumer, group_translated, handover_requested
+from ferry.ingest import migration_keys
 from ferry.kafka_confluent import client_settings
 from ferry.kafka_source import resolve_bootstrap
 from ferry.reconcile import kafka_identity, record_identity
+from ferry.redis_target import connect_redis
 
 CHECK_EVERY_S = 0.2
 
@@ -37,10 +40,12 @@ def run_group_consumer(
 ) -> dict:
     """Consume until ``should_stop()``; returns how many records came from each side."""
     counts = {"kafka": 0, "redis": 0}
+    client, keys = connect_redis(config), migration_keys(config)
     with open(log_path, "a") as log:
-        if not _translated(config, group):
-            counts["kafka"] = _consume_kafka(config, group, log, should_stop)
-        while not should_stop() and not _translated(config, group):
+        if not group_translated(client, keys, group):
+            asked = functools.partial(handover_requested, client, keys, group)
+            counts["kafka"] = _consume_kafka(config, group, log, should_stop, asked)
+        while not should_stop() and not group_translated(client, keys, group):
             time.sleep(CHECK_EVERY_S)  # step 05 translates the group; bounded by should_stop
         if should_stop():
             return counts
@@ -57,15 +62,7 @@ def run_group_consumer(
     return counts
 
 
-def _translated(config: StreamConfig, group: str) -> bool:
-    try:
-        StreamConsumer(config, group)
-    except HandoverError:
-        return False
-    return True
-
-
-def _consume_kafka(config: StreamConfig, group: str, log, should_stop) -> int:
+def _consume_kafka(config: StreamConfig, group: str, log, should_stop, asked_to_leave) -> int:
     from confluent_kafka import Consumer
 
     consumer = Consumer(
@@ -85,7 +82,7 @@ def _consume_kafka(config: StreamConfig, group: str, log, should_stop) -> int:
         while not should_stop():
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + CHECK_EVERY_S
-                if handover_requested(config, group):
+                if asked_to_leave():
                     break
             messages = [m for m in consumer.consume(500, 0.2) if m.error() is None]
             if not messages:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 
 import redis
@@ -276,9 +277,14 @@ def handover_key(keys: MigrationKeys, group: str) -> str:
     return f"{keys.tag}:ferry:handover:{group}"
 
 
-def handover_requested(config: StreamConfig, group: str) -> bool:
+def handover_requested(client: redis.Redis, keys: MigrationKeys, group: str) -> bool:
     """What a consumer built on ferry polls: step 05 asks the group to leave Kafka."""
-    return bool(connect_redis(config).exists(handover_key(migration_keys(config), group)))
+    return bool(client.exists(handover_key(keys, group)))
+
+
+def group_translated(client: redis.Redis, keys: MigrationKeys, group: str) -> bool:
+    """True once ``translate_group`` stored the group's offsets (StreamConsumer can start)."""
+    return bool(client.exists(group_offsets_key(keys, group)))
 
 
 def group_is_empty(config: StreamConfig, group: str) -> bool:
@@ -317,8 +323,6 @@ def topic_groups(config: StreamConfig) -> list[str]:
 def hand_over_group(config: StreamConfig, group: str, wait_s: float = 30.0) -> Translation:
     """Ask the group's consumers to leave Kafka (a flag they poll), wait until the Kafka group
     is empty so its committed offsets are final, then translate it."""
-    import time
-
     client = connect_redis(config)
     key = handover_key(migration_keys(config), group)
     client.hset(key, mapping={"state": "requested", "at_ms": int(time.time() * 1000)})

@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ferry.config import StreamConfig
+from ferry.entries import entry_to_record
 from ferry.ingest import migration_keys
 from ferry.kafka_source import open_source
 from ferry.reconcile import Reconciliation, kafka_identity, reconcile
 from ferry.redis_target import connect_redis
-from ferry.retention import read_trimmed
-from ferry.validate import read_kafka_range, scan_stream
+from ferry.retention import read_trimmed, read_trimmed_ids
+from ferry.validate import read_kafka_range, retired_by_retention, scan_stream
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,6 @@ def check_live_migration(
     client = connect_redis(config)
     keys = migration_keys(config)
     trimmed = read_trimmed(client, config)
-    trimmed_id = client.hget(keys.state, f"trimmed_id:{keys.stream}")
     source = open_source(config)
     try:
         info = source.describe_topic()
@@ -63,8 +63,9 @@ def check_live_migration(
     finally:
         source.close()
     kafka.sort(key=lambda r: (r.partition, r.offset))
+    trimmed_id = read_trimmed_ids(client, keys, info.partitions)
     entries = [
-        (i, _record(f))
+        (i, entry_to_record(f))
         for key in keys.streams(info.partitions)
         for i, f in scan_stream(client, key)
     ]
@@ -72,7 +73,7 @@ def check_live_migration(
     def retired(record) -> bool:
         identity = kafka_identity(record)
         if isinstance(identity, bytes):
-            return trimmed_id is not None and _id_key(identity) <= _id_key(trimmed_id)
+            return retired_by_retention(identity, trimmed_id[record.partition])
         return record.offset <= trimmed.get(record.partition, -1)
 
     kept = [r for r in kafka if not retired(r)]
@@ -86,17 +87,6 @@ def check_live_migration(
         live_found=len(live_ids),
         consumer=consumer,
     )
-
-
-def _record(fields):
-    from ferry.entries import entry_to_record
-
-    return entry_to_record(fields)
-
-
-def _id_key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 def _live_ids(values) -> set[str]:

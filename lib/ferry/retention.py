@@ -12,7 +12,7 @@ import redis
 import yaml
 
 from ferry.config import StreamConfig
-from ferry.ingest import _script, migration_keys, read_state
+from ferry.ingest import MigrationKeys, _script, migration_keys, read_state
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,14 @@ def read_trimmed(client: redis.Redis, config: StreamConfig) -> dict[int, int]:
     """Highest offset per partition that retention removed from the stream."""
     raw = client.hgetall(migration_keys(config).state)
     return {int(k[8:]): int(v) for k, v in raw.items() if k.startswith(b"trimmed:")}
+
+
+def read_trimmed_ids(
+    client: redis.Redis, keys: MigrationKeys, partitions: list[int]
+) -> dict[int, bytes | None]:
+    """Per partition, the last entry ID retention removed from its stream (or None)."""
+    raw = {k: client.hget(keys.state, f"trimmed_id:{k}") for k in keys.streams(partitions)}
+    return {p: raw[keys.stream_for(p)] for p in partitions}
 
 
 def lag_threshold(event_rate: float, drain_seconds: float = 10.0, floor: int = 100) -> int:

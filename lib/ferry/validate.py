@@ -18,6 +18,7 @@ from ferry.config import StreamConfig
 from ferry.entries import (
     REDIS_ORIGIN,
     KafkaRecord,
+    entry_id_key,
     entry_to_record,
     record_digest,
     shadow_of,
@@ -27,7 +28,7 @@ from ferry.errors import FerryError, KafkaError
 from ferry.ingest import MigrationKeys, migration_keys, read_state
 from ferry.kafka_source import KafkaSource, open_source
 from ferry.redis_target import connect_redis
-from ferry.retention import read_trimmed
+from ferry.retention import read_trimmed, read_trimmed_ids
 
 SCAN_COUNT = 10_000
 STALL_TIMEOUT_S = 30.0
@@ -232,7 +233,7 @@ def validate_stream(
         first_missing: dict[int, int] = {}
         matched: dict[int, set[int]] = {p: set() for p in partitions}
         shadows: dict[int, set[bytes]] = {p: set() for p in partitions}
-        trimmed_id = _trimmed_ids(target, keys, partitions)
+        trimmed_id = read_trimmed_ids(target, keys, partitions)
         expected = dict(first)
         for record in read_kafka_range(source, ranges):
             p = record.partition
@@ -240,28 +241,20 @@ def validate_stream(
                 gaps[p] += 1
             expected[p] = record.offset + 1
             entry_id = shadow_of(record)
-            if entry_id is not None:
+            if entry_id is not None:  # compared with the entry written to Redis first
                 digest = sides[p].primary.get(entry_id)
-                if digest is None and _at_or_before(entry_id, trimmed_id.get(p)):
+                if digest is None and retired_by_retention(entry_id, trimmed_id.get(p)):
                     continue  # its entry was retired by retention, like a trimmed offset
-                seen[p] += 1
-                if digest is None:
-                    missing[p] += 1
-                    first_missing.setdefault(p, record.offset)
-                else:
-                    shadows[p].add(entry_id)
-                    if digest != record_digest(without_shadow_header(record)):
-                        mismatched[p] += 1
-                if on_progress is not None:
-                    on_progress(1)
-                continue
+                found, key, record = shadows[p], entry_id, without_shadow_header(record)
+            else:
+                digest = sides[p].digests.get(record.offset)
+                found, key = matched[p], record.offset
             seen[p] += 1
-            digest = sides[p].digests.get(record.offset)
             if digest is None:
                 missing[p] += 1
                 first_missing.setdefault(p, record.offset)
             else:
-                matched[p].add(record.offset)
+                found.add(key)
                 if digest != record_digest(record):
                     mismatched[p] += 1
             if on_progress is not None:
@@ -311,18 +304,9 @@ def _leave_out_live_appends(sides: dict, before: dict, after: dict) -> None:
         side.count -= len(late)
 
 
-def _trimmed_ids(client: redis.Redis, keys: MigrationKeys, partitions: list[int]) -> dict:
-    """Per partition, the last entry ID retention removed from its stream (or None)."""
-    raw = {k: client.hget(keys.state, f"trimmed_id:{k}") for k in keys.streams(partitions)}
-    return {p: raw[keys.stream_for(p)] for p in partitions}
-
-
-def _at_or_before(entry_id: bytes, limit: bytes | None) -> bool:
-    if limit is None:
-        return False
-    ms, _, seq = entry_id.partition(b"-")
-    lms, _, lseq = limit.partition(b"-")
-    return (int(ms), int(seq or 0)) <= (int(lms), int(lseq or 0))
+def retired_by_retention(entry_id: bytes, trimmed_id: bytes | None) -> bool:
+    """True when retention removed entries up to ``trimmed_id`` and ``entry_id`` is one of them."""
+    return trimmed_id is not None and entry_id_key(entry_id) <= entry_id_key(trimmed_id)
 
 
 def sample_rows(
