@@ -18,6 +18,8 @@ import yaml
 
 from ferry.errors import ConfigError
 
+BROKERS = ("auto", "apache", "tansu")  # ferry.broker's traits
+
 STREAMS_DIR = Path("runbook/streams")
 CLIENTS = ("confluent", "kafka-python")
 LAYOUTS = ("merged", "per-partition")
@@ -61,6 +63,14 @@ class StartPosition:
     kind: str  # "earliest" | "age" | "timestamp"
     millis: int = 0  # age in ms, or epoch ms
 
+    def describe(self) -> str:
+        """The rule as a user wrote it: ``earliest``, ``age 604800000ms`` or an ISO timestamp."""
+        if self.kind == "earliest":
+            return "earliest"
+        if self.kind == "age":
+            return f"age {self.millis}ms"
+        return datetime.fromtimestamp(self.millis / 1000, UTC).isoformat().replace("+00:00", "Z")
+
     def timestamp_ms(self, now_ms: int) -> int | None:
         """The epoch-ms timestamp to look offsets up for, or None for earliest."""
         if self.kind == "earliest":
@@ -89,6 +99,7 @@ class KafkaSettings:
     password: SecretRef | None = None
     ssl_cafile: str | None = None
     transactional: bool = False
+    broker: str = "auto"  # auto | apache | tansu: which broker's traits apply (ferry.broker)
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,7 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
         topic=k.get("topic", str),
         client=k.get("client", str, "confluent", CLIENTS),
         transactional=k.get("transactional", bool, False),
+        broker=k.get("broker", str, "auto", BROKERS),
         **_security(k),
     )
     k.finish()

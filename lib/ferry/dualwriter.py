@@ -290,7 +290,7 @@ class DualWriter:
             calls = []
             for run in runs:
                 first = run[0][0]
-                args: list = [first.partition, first.offset]
+                args: list = [first.partition, first.offset, run[-1][0].offset + 1]
                 for record, _ in run:
                     args += record_args(record)
                 calls.append((first.partition, args))

@@ -23,6 +23,11 @@ class TopicNotFoundError(KafkaError):
     """The configured topic does not exist on the broker."""
 
 
+class TopicMismatchError(KafkaError):
+    """The topic under the configured name is not the one the migration was armed on, or a
+    position lies beyond a partition's end (a recreated topic, a reset broker)."""
+
+
 class OffsetRangeError(KafkaError):
     """A requested offset is no longer (or not yet) held by Kafka; ferry never auto-resets."""
 

@@ -1,9 +1,15 @@
--- ferry's one write path: append one partition's batch and move its frontier atomically.
+-- ferry's one write path: append one partition's batch and move its position atomically.
+-- The state keeps frontier[p] = position[p] - 1: every offset at or below it is settled
+-- (copied, or a transaction marker, aborted or compacted-away offset the reader stepped over).
 -- KEYS[1] state hash, KEYS[2] target stream
--- ARGV[1] partition, ARGV[2] read_from (first offset the reader asked Kafka for),
+-- ARGV[1] partition, ARGV[2] read_from (the consumer position before the fetch),
+-- ARGV[3] read_to (the consumer position after it: above every offset in the batch),
 -- then six arguments per record, offsets strictly increasing:
 --   offset, timestamp ms, null flags, key, value, headers
--- Returns {appended, frontier, refused}: refused = 1 when read_from > frontier + 1 (a hole).
+-- A batch continues when read_from <= position; its records at or past the position are
+-- appended and the position moves to read_to, in this one step. A batch with no records
+-- only moves the position (markers at the end of a partition).
+-- Returns {appended, frontier, refused}: refused = 1 when read_from > position (a hole).
 -- A record with flag 4 is the Kafka shadow of an entry a writer put in Redis first (its key
 -- argument is that entry's ID): the frontier moves over it, nothing is appended.
 local state, stream = KEYS[1], KEYS[2]
@@ -16,6 +22,10 @@ local fr = tonumber(fr_s)
 if tonumber(ARGV[2]) > fr + 1 then
   return {0, fr_s, 1}
 end
+local read_to = tonumber(ARGV[3])
+if read_to == nil or read_to < tonumber(ARGV[2]) then
+  return redis.error_reply('FERRY_ORDER partition ' .. p .. ': read_to ' .. ARGV[3] .. ' is below read_from ' .. ARGV[2])
+end
 local function id_less(a, b)
   local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
   local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
@@ -24,13 +34,16 @@ local function id_less(a, b)
 end
 -- Validate the whole batch before the first write: a script error does not undo writes.
 local prev = -1
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
   local off = tonumber(ARGV[i])
   local ts = tonumber(ARGV[i + 1])
   if off == nil or ts == nil or off <= prev then
     return redis.error_reply('FERRY_ORDER offsets not increasing in batch for partition ' .. p .. ' at ' .. ARGV[i])
   end
   prev = off
+  if off >= read_to then
+    return redis.error_reply('FERRY_ORDER partition ' .. p .. ': offset ' .. ARGV[i] .. ' is not below read_to ' .. ARGV[3])
+  end
   if off > fr and ARGV[i + 2] == '4' then
     local id = ARGV[i + 3]
     if not string.match(id, '^%d+%-%d+$') then
@@ -53,7 +66,8 @@ local lastms = tonumber(lastms_s)
 local id = lastms_s .. '-*'
 local n = 0
 local shadows = 0
-for i = 3, #ARGV, 6 do
+local moved = false
+for i = 4, #ARGV, 6 do
   local off = tonumber(ARGV[i])
   if off > fr and ARGV[i + 2] == '4' then
     fr = off
@@ -73,9 +87,14 @@ for i = 3, #ARGV, 6 do
     n = n + 1
   end
 end
+if read_to - 1 > fr then  -- markers, aborted or compacted offsets after the last record
+  fr = read_to - 1
+  fr_s = tostring(fr)
+  moved = true
+end
 if n > 0 then
   redis.call('HSET', state, 'frontier:' .. p, fr_s, lastms_key, lastms_s)
-elseif shadows > 0 then
+elseif shadows > 0 or moved then
   redis.call('HSET', state, 'frontier:' .. p, fr_s)
 end
 if shadows > 0 then

@@ -62,10 +62,15 @@ class Ingestor:
         self.script = _script(client, "ingest.lua")
         self.sha = client.script_load(self.script.script)
 
-    def batch_args(self, partition: int, read_from: int, records: list[KafkaRecord]) -> list:
+    def batch_args(
+        self, partition: int, read_from: int, records: list[KafkaRecord], read_to: int | None = None
+    ) -> list:
         """The script's arguments; the same encoding as :func:`record_args`, inlined because
-        this runs once per record on the mirror's hot path."""
-        args: list = [partition, read_from]
+        this runs once per record on the mirror's hot path. ``read_to`` defaults to just past
+        the last record."""
+        if read_to is None:
+            read_to = max(r.offset for r in records) + 1 if records else read_from
+        args: list = [partition, read_from, read_to]
         extend = args.extend
         for _, offset, ts, key, value, headers in records:
             if key is None or value is None or headers:
@@ -120,11 +125,16 @@ class Ingestor:
             return exc
 
     def ingest_batch(
-        self, partition: int, read_from: int, records: list[KafkaRecord]
+        self,
+        partition: int,
+        read_from: int,
+        records: list[KafkaRecord],
+        read_to: int | None = None,
     ) -> BatchResult:
-        """Append ``records`` (one partition, increasing offsets) if they continue the frontier."""
+        """Append ``records`` (one partition, increasing offsets) if they continue the position
+        (``read_from <= position``), and move the position to ``read_to``."""
         try:
-            reply = self.call(partition, self.batch_args(partition, read_from, records))
+            reply = self.call(partition, self.batch_args(partition, read_from, records, read_to))
         except redis.ResponseError as exc:
             raise script_error(exc) from exc
         return parse_reply(partition, reply)
@@ -142,6 +152,11 @@ def script_error(exc: redis.ResponseError) -> Exception:
     for marker in ("FERRY_ORDER", "FERRY_SHADOW"):
         if marker in text:
             return IntegrityError(text.split(marker, 1)[1].strip())
+    if "FERRY_TOPIC" in text:
+        from ferry.errors import TopicMismatchError
+        from ferry.identity import REMEDY
+
+        return TopicMismatchError(text.split("FERRY_TOPIC", 1)[1].strip() + "; " + REMEDY)
     if "FERRY_FOREIGN" in text:
         return ForeignStreamError(
             text.split("FERRY_FOREIGN", 1)[1].strip()
@@ -150,20 +165,52 @@ def script_error(exc: redis.ResponseError) -> Exception:
     return exc
 
 
-def arm_migration(
-    client: redis.Redis, keys: MigrationKeys, topic: str, starts: dict[int, int]
-) -> int:
-    """Claim the stream key(s) and set ``frontier[p] = start[p] - 1`` for unarmed partitions.
+@dataclass(frozen=True)
+class ArmRequest:
+    """What arming records: the topic's identity, the start rule and, per partition, the
+    start offset, how it was found and (without a topic ID) a fingerprint of its record."""
 
-    Partitions already armed keep their start and frontier (a rerun resumes). Returns the
-    number of partitions armed now.
+    topic: str
+    topic_id: str | None
+    start_rule: str
+    start_ts: int | None
+    starts: dict[int, int]
+    found: dict[int, str]
+    fingerprints: dict[int, str]
+
+
+def arm_migration(
+    client: redis.Redis,
+    keys: MigrationKeys,
+    topic: str | ArmRequest,
+    starts: dict[int, int] | None = None,
+) -> int:
+    """Claim the stream key(s), record the topic's identity and set ``position[p] = start[p]``
+    for unarmed partitions.
+
+    Partitions already armed keep their start and position (a rerun resumes). Returns the
+    number of partitions armed now. ``arm_migration(client, keys, topic, starts)`` arms with
+    no identity or provenance (new partitions, tests).
     """
+    if isinstance(topic, str):
+        topic = ArmRequest(topic, None, "earliest", None, dict(starts or {}), {}, {})
     script = _script(client, "arm.lua")
-    args: list = [topic, keys.layout]
-    for partition, start in sorted(starts.items()):
-        args += [partition, start]
+    args: list = [
+        topic.topic,
+        keys.layout,
+        topic.topic_id or "",
+        topic.start_rule,
+        "" if topic.start_ts is None else topic.start_ts,
+    ]
+    for partition, start in sorted(topic.starts.items()):
+        args += [
+            partition,
+            start,
+            topic.found.get(partition, "earliest"),
+            topic.fingerprints.get(partition, ""),
+        ]
     try:
-        return int(script(keys=[keys.state, *keys.streams(sorted(starts))], args=args))
+        return int(script(keys=[keys.state, *keys.streams(sorted(topic.starts))], args=args))
     except redis.ResponseError as exc:
         raise script_error(exc) from exc
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka import KafkaError as CKError
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
 
+from ferry.broker import BrokerTraits, broker_traits
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
 from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
@@ -48,12 +55,14 @@ class ConfluentSource:
         self.topic = settings.topic
         self.bootstrap = bootstrap
         self.base = client_settings(settings, bootstrap)
+        self.admin = AdminClient(self.base)
+        self.traits: BrokerTraits = broker_traits(self._cluster_id(), settings.broker)
         self.consumer = Consumer(
             {
                 **self.base,
                 "group.id": f"ferry-reader-{name}",
                 "client.id": f"ferry-{name}",
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": self.traits.fetch_wait_ms,
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
                 "queued.min.messages": 200_000,
@@ -61,11 +70,22 @@ class ConfluentSource:
             }
         )
         self.assigned: dict[int, TopicPartition] = {}
+        self.eof: dict[int, int] = {}  # end-of-partition offsets seen since the last seek
         self._probe: Consumer | None = None
 
     # --- metadata -------------------------------------------------------------------------
+    def _cluster_id(self) -> str | None:
+        try:
+            return self.admin.list_topics(timeout=CONNECT_TIMEOUT_S).cluster_id
+        except KafkaException as exc:
+            raise KafkaError(
+                f"cannot reach Kafka at {self.bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
+            ) from exc
+
     def _metadata(self):
         try:
+            # the consumer's metadata request never creates the topic (the admin's may, on
+            # brokers that auto-create topics)
             meta = self.consumer.list_topics(self.topic, timeout=CONNECT_TIMEOUT_S)
         except KafkaException as exc:
             raise KafkaError(
@@ -91,12 +111,30 @@ class ConfluentSource:
     def describe_topic(self) -> TopicInfo:
         partitions, low, high = self.read_watermarks()
         policy, retention = self._topic_configs()
-        return TopicInfo(self.topic, partitions, low, high, policy, retention)
+        return TopicInfo(self.topic, partitions, low, high, policy, retention, self.read_topic_id())
+
+    def read_topic_id(self) -> str | None:
+        """The topic's ID (Kafka 2.8+), or None where the broker has none."""
+        try:
+            futures = self.admin.describe_topics(TopicCollection([self.topic]))
+            description = futures[self.topic].result(timeout=CONNECT_TIMEOUT_S)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if getattr(err, "code", lambda: None)() == CKError.UNKNOWN_TOPIC_OR_PART:
+                raise TopicNotFoundError(
+                    f"topic {self.topic!r} does not exist on {self.bootstrap}"
+                ) from exc
+            return None
+        topic_id = str(description.topic_id) if description.topic_id is not None else ""
+        return None if topic_id in ("", "AAAAAAAAAAAAAAAAAAAAAA") else topic_id
 
     def read_watermarks(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
-        """(partitions, low, high) with the high ends taken from a fetch."""
+        """(partitions, low, high): high is the end a ``read_committed`` reader reaches (the
+        last stable offset)."""
         topic = self._metadata()
         partitions = tuple(sorted(topic.partitions))
+        if self.traits.exact_end_offsets:
+            return partitions, *self._list_offsets(partitions)
         low, listed = {}, {}
         for p in partitions:
             lo, hi = self.consumer.get_watermark_offsets(
@@ -104,6 +142,22 @@ class ConfluentSource:
             )
             low[p], listed[p] = lo, hi
         return partitions, low, self._fetch_high_watermarks(low, listed)
+
+    def _list_offsets(self, partitions) -> tuple[dict[int, int], dict[int, int]]:
+        """Log start and last stable offset of each partition, by ListOffsets."""
+        out = []
+        for spec in (OffsetSpec.earliest(), OffsetSpec.latest()):
+            query = {TopicPartition(self.topic, p): spec for p in partitions}
+            try:
+                futures = self.admin.list_offsets(
+                    query,
+                    isolation_level=IsolationLevel.READ_COMMITTED,
+                    request_timeout=CONNECT_TIMEOUT_S,
+                )
+                out.append({tp.partition: f.result().offset for tp, f in futures.items()})
+            except KafkaException as exc:
+                raise KafkaError(f"listing the offsets of {self.topic!r}: {exc}") from exc
+        return out[0], out[1]
 
     def _fetch_high_watermarks(self, low: dict[int, int], listed: dict[int, int]) -> dict[int, int]:
         """The end of each partition as a fetch reports it.
@@ -139,7 +193,7 @@ class ConfluentSource:
             probe.unassign()
 
     def _topic_configs(self) -> tuple[str, int | None]:
-        admin = AdminClient(self.base)
+        admin = self.admin
         resource = ConfigResource(ConfigResource.Type.TOPIC, self.topic)
         try:
             configs = admin.describe_configs([resource])[resource].result(timeout=CONNECT_TIMEOUT_S)
@@ -173,9 +227,16 @@ class ConfluentSource:
     # --- reading --------------------------------------------------------------------------
     def assign(self, positions: dict[int, int]) -> None:
         self.assigned = {p: TopicPartition(self.topic, p, off) for p, off in positions.items()}
+        self.eof.clear()
         self.consumer.assign(list(self.assigned.values()))
 
+    def add_partitions(self, positions: dict[int, int]) -> None:
+        new = {p: TopicPartition(self.topic, p, off) for p, off in positions.items()}
+        self.assigned.update(new)
+        self.consumer.incremental_assign(list(new.values()))
+
     def seek(self, partition: int, offset: int) -> None:
+        self.eof.pop(partition, None)
         self.consumer.seek(TopicPartition(self.topic, partition, offset))
 
     def pause(self, partitions: list[int]) -> None:
@@ -188,8 +249,10 @@ class ConfluentSource:
         return high if high >= 0 else None
 
     def position(self, partition: int) -> int:
+        """The consumer position: past the last record delivered, and past the transaction
+        markers and aborted records after it once the broker said end-of-partition there."""
         (tp,) = self.consumer.position([TopicPartition(self.topic, partition)])
-        return tp.offset
+        return max(tp.offset, self.eof.get(partition, -1))
 
     def poll_records(self, max_records: int, timeout_s: float) -> list[KafkaRecord]:
         messages = self.consumer.consume(max_records, timeout_s)
@@ -201,6 +264,7 @@ class ConfluentSource:
             if err is not None:
                 code = err.code()
                 if code == CKError._PARTITION_EOF:
+                    self.eof[m.partition()] = m.offset()
                     continue
                 if code == CKError._AUTO_OFFSET_RESET or code == CKError.OFFSET_OUT_OF_RANGE:
                     raise OffsetRangeError(

@@ -8,6 +8,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kerr
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
+from ferry.broker import BrokerTraits, broker_traits
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
 from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
@@ -38,6 +39,8 @@ class KafkaPythonSource:
         self.topic = settings.topic
         self.bootstrap = bootstrap
         self.base = client_settings(settings, bootstrap)
+        self.declared_broker = settings.broker
+        self._traits: BrokerTraits | None = None
         try:
             self.consumer = KafkaConsumer(
                 **self.base,
@@ -47,7 +50,7 @@ class KafkaPythonSource:
                 auto_offset_reset="none",
                 isolation_level="read_committed",
                 check_crcs=True,
-                fetch_max_wait_ms=5,
+                fetch_max_wait_ms=5,  # set from the broker's traits once metadata is in
                 max_partition_fetch_bytes=8 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
                 bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
@@ -56,12 +59,29 @@ class KafkaPythonSource:
             raise KafkaError(
                 f"cannot reach Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
             ) from exc
+        self._partitions_checked = False
+
+    @property
+    def traits(self) -> BrokerTraits:
+        if self._traits is None:
+            self._partitions()
+        return self._detect_traits()
+
+    def _detect_traits(self) -> BrokerTraits:
+        """Called once metadata is in (the cluster id comes with it)."""
+        if self._traits is None:
+            cluster_id = self.consumer._client.cluster.cluster_id
+            self._traits = broker_traits(cluster_id, self.declared_broker)
+            self.consumer.config["fetch_max_wait_ms"] = self._traits.fetch_wait_ms
+            self.consumer._fetcher.config["fetch_max_wait_ms"] = self._traits.fetch_wait_ms
+        return self._traits
 
     def _partitions(self) -> list[int]:
         try:
             topics = self.consumer.topics()
         except kerr.KafkaError as exc:
             raise KafkaError(f"cannot list topics on {self.bootstrap}: {exc}") from exc
+        self._detect_traits()
         if self.topic not in topics:
             raise TopicNotFoundError(f"topic {self.topic!r} does not exist on {self.bootstrap}")
         parts = self.consumer.partitions_for_topic(self.topic)
@@ -72,7 +92,21 @@ class KafkaPythonSource:
     def describe_topic(self) -> TopicInfo:
         partitions, low, high = self.read_watermarks()
         policy, retention = self._topic_configs()
-        return TopicInfo(self.topic, partitions, low, high, policy, retention)
+        return TopicInfo(self.topic, partitions, low, high, policy, retention, self.read_topic_id())
+
+    def read_topic_id(self) -> str | None:
+        """The topic's ID from the cluster metadata (None where the broker has none)."""
+        cluster = self.consumer._client.cluster
+        topic_id = getattr(cluster, "topic_id", lambda _t: None)(self.topic)
+        if topic_id is None:
+            return None
+        import base64
+        import uuid
+
+        raw = topic_id.bytes if isinstance(topic_id, uuid.UUID) else None
+        if raw is None or raw == bytes(16):
+            return None
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     def read_watermarks(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
         """(partitions, low, high) with the high ends taken from a fetch."""
@@ -80,6 +114,8 @@ class KafkaPythonSource:
         tps = [TopicPartition(self.topic, p) for p in partitions]
         low = {tp.partition: off for tp, off in self.consumer.beginning_offsets(tps).items()}
         listed = {tp.partition: off for tp, off in self.consumer.end_offsets(tps).items()}
+        if self._detect_traits().exact_end_offsets:  # read_committed: the last stable offset
+            return tuple(partitions), low, listed
         return tuple(partitions), low, self._fetch_high_watermarks(low, listed)
 
     def _fetch_high_watermarks(self, low: dict[int, int], listed: dict[int, int]) -> dict[int, int]:
@@ -153,6 +189,9 @@ class KafkaPythonSource:
         self.consumer.assign(list(self.tps.values()))
         for p, offset in positions.items():
             self.consumer.seek(self.tps[p], offset)
+
+    def add_partitions(self, positions: dict[int, int]) -> None:
+        self.assign({**{p: self.position(p) for p in self.tps}, **positions})
 
     def seek(self, partition: int, offset: int) -> None:
         self.consumer.seek(self.tps[partition], offset)

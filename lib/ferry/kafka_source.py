@@ -26,6 +26,7 @@ class TopicInfo:
     high: dict[int, int]
     cleanup_policy: str
     retention_ms: int | None
+    topic_id: str | None = None  # Kafka's topic ID (2.8+), None where the broker has none
 
     @property
     def compacted(self) -> bool:
@@ -49,11 +50,20 @@ class KafkaSource(Protocol):
 
     def assign(self, positions: dict[int, int]) -> None: ...
 
+    def add_partitions(self, positions: dict[int, int]) -> None:
+        """Read these partitions too, from these offsets (the others keep their positions)."""
+        ...
+
+    def read_topic_id(self) -> str | None: ...
+
     def seek(self, partition: int, offset: int) -> None: ...
 
     def pause(self, partitions: list[int]) -> None: ...
 
-    def position(self, partition: int) -> int: ...
+    def position(self, partition: int) -> int:
+        """The consumer position: the next offset to read, past transaction markers, aborted
+        and compacted-away offsets the client stepped over."""
+        ...
 
     def last_known_end(self, partition: int) -> int | None:
         """The partition's high watermark from the latest fetch response (no request)."""

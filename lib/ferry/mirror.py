@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import redis
 
 from ferry.config import StreamConfig
-from ferry.errors import IntegrityError, OffsetRangeError
+from ferry.errors import FerryError, IntegrityError, OffsetRangeError
+from ferry.identity import check_topic_identity, fingerprint, read_armed_topic
 from ferry.ingest import (
+    ArmRequest,
     Ingestor,
     arm_migration,
     migration_keys,
@@ -26,7 +28,7 @@ from ferry.ingest import (
     script_error,
 )
 from ferry.kafka_source import KafkaSource, TopicInfo, open_source
-from ferry.positions import find_offset_for_time, first_record_at
+from ferry.positions import choose_start, read_record_at, start_timestamp
 from ferry.redis_target import check_target, connect_redis
 
 PIPELINE_BATCHES = 4
@@ -37,6 +39,7 @@ QUEUE_BATCHES = 16
 WRITERS = 2
 LIVE_SLACK = 10_000  # offsets below (end at start - this) are settled history
 GAP_RECHECK_S = 0.2
+TOPIC_CHECK_S = 5.0  # how often a following mirror looks for new partitions
 
 
 @dataclass(frozen=True)
@@ -92,33 +95,57 @@ class _Shared:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def choose_starts(config: StreamConfig, source: KafkaSource, info: TopicInfo) -> dict[int, int]:
-    """The first offset of every partition for the configured start position."""
-    ts = config.start.timestamp_ms(int(time.time() * 1000))
-    if ts is None:
-        return dict(info.low)
-    hints = source.offsets_for_time(ts)
-    return {
-        p: find_offset_for_time(
-            lambda o, p=p: first_record_at(source, p, o, info.high[p]),
-            info.low[p],
-            info.high[p],
-            ts,
-            hints.get(p),
-        )
+def plan_arming(config: StreamConfig, source: KafkaSource, info: TopicInfo) -> ArmRequest:
+    """Where every partition starts for the configured start rule, how each start was found,
+    and the topic's identity, as arming records them."""
+    target_ms = start_timestamp(config.start, int(time.time() * 1000))
+    hints = source.offsets_for_time(target_ms) if target_ms is not None else {}
+    choices = {
+        p: choose_start(source, p, info.low[p], info.high[p], target_ms, hints.get(p))
         for p in info.partitions
     }
+    fingerprints = {}
+    if info.topic_id is None:  # no topic IDs on this broker: remember each first record
+        for p, choice in choices.items():
+            record = read_record_at(source, p, choice.offset, info.high[p])
+            if record is not None:
+                fingerprints[p] = fingerprint(record)
+    return ArmRequest(
+        topic=config.kafka.topic,
+        topic_id=info.topic_id,
+        start_rule=config.start.describe(),
+        start_ts=target_ms,
+        starts={p: c.offset for p, c in choices.items()},
+        found={p: c.found for p, c in choices.items()},
+        fingerprints=fingerprints,
+    )
 
 
 def check_resumable(info: TopicInfo, frontiers: dict[int, int]) -> None:
-    """Kafka must still hold every record after the frontier; retention may have deleted some."""
+    """Kafka must still hold every record from the position on; retention may have deleted some."""
     for p in info.partitions:
-        if frontiers[p] + 1 < info.low[p]:
+        if p in frontiers and frontiers[p] + 1 < info.low[p]:
             raise OffsetRangeError(
-                f"partition {p}: ferry's frontier is {frontiers[p]} but Kafka's earliest offset is "
-                f"now {info.low[p]}; records {frontiers[p] + 1}..{info.low[p] - 1} were deleted by "
-                "retention before ferry copied them"
+                f"partition {p}: ferry's position is {frontiers[p] + 1} but Kafka's log now "
+                f"starts at {info.low[p]}; records {frontiers[p] + 1}..{info.low[p] - 1} were "
+                "deleted (retention or DeleteRecords) before ferry copied them. They cannot be "
+                "copied any more: restore them into the topic, or start a new migration"
             )
+
+
+def check_source(config, source, target, info: TopicInfo) -> None:
+    """Every verb's first check: the topic is the one armed and no position is past its end."""
+    keys = migration_keys(config)
+    _, frontiers = read_state(target, keys)
+    if not frontiers:
+        return
+    armed = read_armed_topic(target, keys)
+    check_topic_identity(
+        armed,
+        info,
+        frontiers,
+        lambda p, o: read_record_at(source, p, o, info.high[p]),
+    )
 
 
 def backfill(
@@ -145,9 +172,14 @@ def backfill(
     try:
         info = source.describe_topic()
         keys = migration_keys(config)
+        check_source(config, source, target, info)
         starts, frontiers = read_state(target, keys)
-        if any(p not in starts for p in info.partitions):
-            arm_migration(target, keys, config.kafka.topic, choose_starts(config, source, info))
+        if not starts:
+            arm_migration(target, keys, plan_arming(config, source, info))
+            starts, frontiers = read_state(target, keys)
+        elif any(p not in starts for p in info.partitions):  # added since: from their first offset
+            new = {p: info.low[p] for p in info.partitions if p not in starts}
+            arm_migration(target, keys, config.kafka.topic, new)
             starts, frontiers = read_state(target, keys)
         check_resumable(info, frontiers)
         return _run(
@@ -159,17 +191,23 @@ def backfill(
 
 def _run(config, source, target, info, frontiers, follow, progress, should_stop, on_batch, on_lag):
     keys = migration_keys(config)
+    traits = source.traits
     gaps_allowed = info.compacted or config.kafka.transactional
-    pos = {p: frontiers[p] + 1 for p in info.partitions}
+    pos = {p: frontiers[p] + 1 for p in info.partitions}  # each partition's position
     ends = {p: info.high[p] for p in info.partitions}
     done = set() if follow else {p for p in info.partitions if pos[p] >= ends[p]}
     generation = dict.fromkeys(info.partitions, 0)
-    # Offset gaps near the live end are read again before they are believed: Tansu 0.6 can
-    # answer a fetch with a later batch while the earlier one is not yet readable (several
-    # producers appending to one partition), and both clients then skip it silently.
+    # On a broker with the fetch race (Tansu 0.6), offset gaps near the live end are read
+    # again before they are believed: it can answer a fetch with a later batch while the
+    # earlier one is not yet readable, and both clients then skip it silently.
     live_from = {p: ends[p] - LIVE_SLACK for p in info.partitions}
     gaps = GapChecks()
     total = sum(max(0, ends[p] - pos[p]) for p in info.partitions)
+
+    def accept_gap(p: int, offset: int) -> bool:
+        if not gaps_allowed:
+            return False
+        return not traits.fetch_race or offset < live_from[p]
 
     bar = None
     if progress:
@@ -186,6 +224,11 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         threading.Thread(target=_write_loop, args=(ingestor, q, shared, bar, on_batch), daemon=True)
         for q in queues
     ]
+
+    def enqueue(p: int, chunk: list, read_to: int) -> None:
+        _enqueue(queues[p % WRITERS], shared, ingestor, p, generation[p], pos[p], chunk, read_to)
+        pos[p] = read_to
+
     started = time.monotonic()
     for writer in writers:
         writer.start()
@@ -193,19 +236,25 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         active = [p for p in info.partitions if p not in done]
         if active:
             source.assign({p: pos[p] for p in active})
-        next_lag = 0.0
+        next_lag = next_topic_check = 0.0
         while (follow or len(done) < len(info.partitions)) and not should_stop():
             if shared.error is not None:
                 break
-            if on_lag is not None and time.monotonic() >= next_lag:
-                next_lag = time.monotonic() + 1.0
+            now = time.monotonic()
+            if on_lag is not None and now >= next_lag:
+                next_lag = now + 1.0
                 on_lag(_read_lag(source, pos, active))
-            _apply_refusals(source, shared, pos, generation)
+            if follow and now >= next_topic_check:
+                next_topic_check = now + TOPIC_CHECK_S
+                added = _add_new_partitions(config, source, target, keys, info, pos)
+                if added:
+                    active += added
+                    generation.update(dict.fromkeys(added, 0))
+                    live_from.update({p: -1 for p in added})
+            seeked = _apply_refusals(source, shared, pos, generation)
             records = source.poll_records(config.batch_size * 4, 0.2)
-            if not records:
-                if not follow:
-                    _mark_done_by_position(source, pos, ends, done, info.partitions)
-                continue
+            if not records and not follow:
+                _mark_done_by_position(source, pos, ends, done, info.partitions)
             by_partition: dict[int, list] = {}
             for record in records:
                 by_partition.setdefault(record.partition, []).append(record)
@@ -218,37 +267,44 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
                 if recs and recs[0].offset == pos[p]:
                     gaps.pop(p, None)  # a pending gap check came back filled: it was the race
                 while recs:
-                    taken, rest = take_contiguous(
-                        recs, pos[p], lambda g, p=p: gaps_allowed and g < live_from[p]
-                    )
+                    taken, rest = take_contiguous(recs, pos[p], lambda g, p=p: accept_gap(p, g))
                     for i in range(0, len(taken), config.batch_size):
                         chunk = taken[i : i + config.batch_size]
-                        _enqueue(
-                            queues[p % WRITERS], shared, ingestor, p, generation[p], pos[p], chunk
-                        )
-                        pos[p] = chunk[-1].offset + 1
+                        enqueue(p, chunk, chunk[-1].offset + 1)
                     if not rest:
                         break
-                    if not gaps.confirmed(p, pos[p], rest[0].offset):
+                    if traits.fetch_race and not gaps.confirmed(p, pos[p], rest[0].offset):
                         source.seek(p, pos[p])  # read it again before believing the gap
+                        seeked.add(p)
                         break
                     if not gaps_allowed:
                         raise IntegrityError(
                             f"partition {p} of {config.kafka.topic!r}: offsets {pos[p]}..{rest[0].offset - 1} "
-                            f"are missing and stayed missing when read again {GAP_RECHECK_S:.1f}s later; "
-                            "the topic is neither compacted nor declared transactional, so records would "
-                            "be skipped. Nothing after the frontier was written; set "
+                            "are missing"
+                            + (
+                                f" and stayed missing when read again {GAP_RECHECK_S:.1f}s later"
+                                if traits.fetch_race
+                                else ""
+                            )
+                            + "; the topic is neither compacted nor declared transactional, so records "
+                            "would be skipped. Nothing after the position was written; set "
                             "kafka.transactional: true if transactional producers write this topic"
                         )
-                    _enqueue(
-                        queues[p % WRITERS], shared, ingestor, p, generation[p], pos[p], rest[:1]
-                    )
-                    pos[p] = rest[0].offset + 1
+                    enqueue(p, rest[:1], rest[0].offset + 1)
                     gaps.pop(p, None)
                     recs = rest[1:]
-                if not follow and pos[p] >= ends[p]:
-                    done.add(p)
-                    source.pause([p])
+            if gaps_allowed:  # step over markers (and aborted records) after the last record
+                for p in active:
+                    if p in done or p in seeked or p in gaps.pending:
+                        continue
+                    to = source.position(p) if follow else min(source.position(p), ends[p])
+                    if to > pos[p]:
+                        enqueue(p, [], to)
+            if not follow:
+                for p in list(by_partition):
+                    if p not in done and pos[p] >= ends[p]:
+                        done.add(p)
+                        source.pause([p])
     finally:
         for writer, work in zip(writers, queues, strict=True):
             while writer.is_alive():
@@ -275,6 +331,23 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         complete=not follow and len(done) == len(info.partitions),
         gap_rechecks=gaps.rechecks,
     )
+
+
+def _add_new_partitions(config, source, target, keys, info, pos) -> list[int]:
+    """Partitions created while the mirror follows: armed at their first offset, then read."""
+    try:
+        partitions, low, _ = source.read_watermarks()
+    except FerryError:
+        return []  # a metadata hiccup; the next check sees them
+    new = [p for p in partitions if p not in pos]
+    if not new:
+        return []
+    arm_migration(target, keys, config.kafka.topic, {p: low[p] for p in new})
+    _, frontiers = read_state(target, keys)
+    for p in new:
+        pos[p] = frontiers[p] + 1
+    source.add_partitions({p: pos[p] for p in new})
+    return new
 
 
 def take_contiguous(
@@ -325,16 +398,15 @@ def _read_lag(source, pos: dict[int, int], partitions: list[int]) -> dict[int, i
 
 
 def _mark_done_by_position(source, pos, ends, done, partitions) -> None:
-    """A partition whose tail is transaction markers never delivers its last offset; the
-    consumer position tells when it is past the end."""
+    """A partition is done once everything below its end is settled (the advance batch that
+    steps over trailing markers has been queued)."""
     for p in partitions:
-        if p not in done and source.position(p) >= ends[p]:
+        if p not in done and pos[p] >= ends[p]:
             done.add(p)
-            pos[p] = max(pos[p], ends[p])
             source.pause([p])
 
 
-def _enqueue(work, shared, ingestor, p, gen, read_from, chunk) -> None:
+def _enqueue(work, shared, ingestor, p, gen, read_from, chunk, read_to) -> None:
     nbytes = 0
     for r in chunk:
         nbytes += len(r.value or b"") + len(r.key or b"")
@@ -342,10 +414,10 @@ def _enqueue(work, shared, ingestor, p, gen, read_from, chunk) -> None:
         p,
         gen,
         read_from,
-        ingestor.batch_args(p, read_from, chunk),
+        ingestor.batch_args(p, read_from, chunk, read_to),
         len(chunk),
         nbytes,
-        chunk[-1].offset + 1 - read_from,
+        read_to - read_from,
     )
     while True:
         if shared.error is not None:
@@ -357,16 +429,20 @@ def _enqueue(work, shared, ingestor, p, gen, read_from, chunk) -> None:
             continue
 
 
-def _apply_refusals(source, shared, pos, generation) -> None:
+def _apply_refusals(source, shared, pos, generation) -> set[int]:
+    """Re-read refused partitions from the position Redis holds; returns those re-seeked."""
     if not shared.refused:
-        return
+        return set()
     with shared.lock:
         refused, shared.refused = shared.refused, {}
+    seeked = set()
     for p, (gen, frontier) in refused.items():
         if gen == generation[p]:
             generation[p] += 1
             pos[p] = frontier + 1
             source.seek(p, frontier + 1)
+            seeked.add(p)
+    return seeked
 
 
 def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_batch) -> None:

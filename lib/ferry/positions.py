@@ -1,78 +1,104 @@
-"""Choosing where a migration starts: pure search logic plus the reads it needs."""
+"""Choosing where a migration starts: Kafka's meaning of a timestamp start, on every broker.
+
+Kafka's ``offsets_for_times(T)`` answers the earliest offset whose record timestamp is at or
+after T. Its time index follows the running maximum timestamp, so with timestamps that go
+back and forth (producers setting CreateTime) the answer is the first offset where the
+running maximum reaches T, which is the first record with a timestamp >= T. Records after it
+with older timestamps are copied; records before it are not, whatever their timestamps.
+
+On a broker whose time index cannot be trusted (``BrokerTraits.exact_time_index`` false:
+Tansu 0.6 answers 0 for every timestamp), ferry reads the partition from its log start
+and finds that record itself.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from ferry.errors import KafkaError
+from ferry.config import StartPosition
+from ferry.entries import KafkaRecord
+from ferry.errors import ConfigError, KafkaError
 
-# first_at(offset) -> (offset, timestamp) of the first record at or after ``offset``, or None
-FirstAt = Callable[[int], tuple[int, int] | None]
-
-
-def find_offset_for_time(
-    first_at: FirstAt, low: int, high: int, target_ms: int, hint: int | None = None
-) -> int:
-    """The offset of the first record with timestamp >= ``target_ms`` in ``[low, high)``
-    (``high`` when there is none), assuming timestamps do not decrease, as Kafka's own time
-    index does.
-
-    The broker's answer is only a ``hint``: it is checked with two reads and replaced by a
-    binary search (about log2(high - low) reads) when wrong. Tansu 0.6, for one, answers
-    offset 0 whatever the timestamp.
-    """
-    cache: dict[int, tuple[int, int] | None] = {}
-
-    def at(o: int) -> tuple[int, int] | None:
-        if o not in cache:
-            cache[o] = first_at(o) if o < high else None
-        return cache[o]
-
-    def reached(o: int) -> bool:
-        found = at(o)
-        return found is None or found[1] >= target_ms
-
-    def answer(o: int) -> int:
-        found = at(o)
-        return high if found is None else found[0]
-
-    if (
-        hint is not None
-        and low <= hint <= high
-        and reached(hint)
-        and (hint == low or not reached(hint - 1))
-    ):
-        return answer(hint)
-    lo, hi = low, high  # reached(hi) holds; find the smallest such offset
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if reached(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return answer(lo)
+# a start this far in the future is a mistake, not clock skew between hosts
+FUTURE_SLACK_MS = 60_000
 
 
-def first_record_at(source, partition: int, offset: int, high: int, timeout_s: float = 30.0):
-    """(offset, timestamp) of the first record of ``partition`` at or after ``offset``
-    (None past ``high``)."""
-    record = read_record_at(source, partition, offset, high, timeout_s)
-    return None if record is None else (record.offset, record.timestamp_ms)
+@dataclass(frozen=True)
+class StartChoice:
+    """Where one partition's migration starts, and how that offset was found."""
+
+    offset: int
+    found: str  # "earliest" | "offsets_for_times" | "scan" | "end"
+
+
+def first_offset_at_or_after(records: Iterable[tuple[int, int]], target_ms: int) -> int | None:
+    """The offset of the first ``(offset, timestamp)`` whose timestamp is >= ``target_ms``, in
+    log order (Kafka's answer), or None when there is none."""
+    for offset, ts in records:
+        if ts >= target_ms:
+            return offset
+    return None
+
+
+def start_timestamp(start: StartPosition, now_ms: int) -> int | None:
+    """The start rule's target timestamp now (None for earliest); a future one is refused."""
+    ts = start.timestamp_ms(now_ms)
+    if ts is not None and ts > now_ms + FUTURE_SLACK_MS:
+        raise ConfigError(
+            f"start: {start.describe()} is in the future (now is {now_ms} ms since the epoch); "
+            "a migration cannot start after records that do not exist yet. Use 'earliest', an "
+            "age such as '7d', or a past timestamp"
+        )
+    return ts
+
+
+def choose_start(
+    source, partition: int, low: int, high: int, target_ms: int | None, hint: int | None
+) -> StartChoice:
+    """The first offset of ``partition`` for the target timestamp (None: earliest)."""
+    if target_ms is None:
+        return StartChoice(low, "earliest")
+    if source.traits.exact_time_index and hint is not None:
+        if hint >= high:
+            return StartChoice(high, "end")
+        return StartChoice(max(hint, low), "offsets_for_times")
+    found = first_offset_at_or_after(
+        ((r.offset, r.timestamp_ms) for r in read_partition_range(source, partition, low, high)),
+        target_ms,
+    )
+    return StartChoice(high, "end") if found is None else StartChoice(found, "scan")
+
+
+def read_partition_range(
+    source, partition: int, first: int, end: int, timeout_s: float = 30.0
+) -> Iterable[KafkaRecord]:
+    """The records of ``partition`` in ``[first, end)`` in order, read with ``source``."""
+    if first >= end:
+        return
+    source.assign({partition: first})
+    last_progress = time.monotonic()
+    while True:
+        records = source.poll_records(10_000, 0.2)
+        for record in records:
+            if record.partition != partition:
+                continue
+            if record.offset >= end:
+                return
+            last_progress = time.monotonic()
+            yield record
+        if source.position(partition) >= end:
+            return
+        if not records and time.monotonic() - last_progress > timeout_s:
+            raise KafkaError(
+                f"partition {partition}: no record between offsets {first} and {end} arrived "
+                f"within {timeout_s:.0f}s"
+            )
 
 
 def read_record_at(source, partition: int, offset: int, high: int, timeout_s: float = 30.0):
     """The first record of ``partition`` at or after ``offset``, or None past ``high``."""
-    if offset >= high:
-        return None
-    source.assign({partition: offset})
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for record in source.poll_records(1, 0.2):
-            if record.partition == partition:
-                return record
-        if source.position(partition) >= high:
-            return None
-    raise KafkaError(
-        f"partition {partition}: no record at or after offset {offset} within {timeout_s:.0f}s"
-    )
+    for record in read_partition_range(source, partition, offset, high, timeout_s):
+        return record
+    return None

@@ -25,6 +25,8 @@ from ferry.errors import ServiceError
 
 STATE_FILE = "services.json"
 READY_TIMEOUT_S = 30.0
+APACHE_READY_TIMEOUT_S = 120.0  # a JVM on a busy 2-core machine
+TANSU_VERSION = "0.6.0"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Services:
     kafka_pid: int
     redis_pid: int
     folder: str
+    kafka_kind: str = "tansu"  # "tansu" or "apache"
+    kafka_version: str = "0.6.0"
 
 
 def services_home() -> Path:
@@ -138,8 +142,10 @@ def probe_redis(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _wait_ready(name: str, proc: subprocess.Popen, probe, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def _wait_ready(
+    name: str, proc: subprocess.Popen, probe, log: Path, timeout: float = READY_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServiceError(
@@ -149,9 +155,7 @@ def _wait_ready(name: str, proc: subprocess.Popen, probe, log: Path) -> None:
             return
         time.sleep(0.05)
     proc.kill()
-    raise ServiceError(
-        f"{name} did not answer within {READY_TIMEOUT_S:.0f}s; see {log}:\n{_tail(log)}"
-    )
+    raise ServiceError(f"{name} did not answer within {timeout:.0f}s; see {log}:\n{_tail(log)}")
 
 
 def _tail(log: Path, lines: int = 15) -> str:
@@ -173,7 +177,52 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> sub
         )
 
 
-def start_kafka(folder: Path) -> tuple[subprocess.Popen, str, str]:
+def kafka_choice(kind: str | None = None, version: str | None = None) -> tuple[str, str]:
+    """(kind, version) of the broker to start: ``tansu`` (default) or ``apache``.
+
+    ``FERRY_KAFKA`` picks the kind (``apache:4.x`` also names a version), ``FERRY_KAFKA_VERSION``
+    the Apache Kafka version.
+    """
+    kind = (kind or os.environ.get("FERRY_KAFKA") or "tansu").strip()
+    if ":" in kind:
+        kind, version = kind.split(":", 1)
+    if kind == "tansu":
+        return "tansu", TANSU_VERSION
+    if kind == "apache":
+        from ferry.apache_kafka import resolve_version
+
+        return "apache", resolve_version(version)
+    raise ServiceError(f"Kafka broker {kind!r} is neither 'tansu' nor 'apache' (FERRY_KAFKA)")
+
+
+def start_kafka(
+    folder: Path, kind: str = "tansu", version: str = TANSU_VERSION
+) -> tuple[subprocess.Popen, str, str]:
+    """Start the broker; returns (process, bootstrap, binary)."""
+    if kind == "apache":
+        return start_apache_kafka(folder, version)
+    return start_tansu(folder)
+
+
+def start_apache_kafka(folder: Path, version: str) -> tuple[subprocess.Popen, str, str]:
+    """Start an Apache Kafka KRaft node on free loopback ports, its data in ``folder``."""
+    from ferry.apache_kafka import KafkaListeners, broker_command
+
+    ports = KafkaListeners(plaintext=free_port(), controller=free_port())
+    log = folder / "kafka.log"
+    args = broker_command(folder, version, ports)
+    proc = _spawn(args, log)
+    _wait_ready(
+        f"Kafka broker (Apache Kafka {version})",
+        proc,
+        lambda: probe_kafka("127.0.0.1", ports.plaintext),
+        log,
+        timeout=APACHE_READY_TIMEOUT_S,
+    )
+    return proc, f"127.0.0.1:{ports.plaintext}", args[0]
+
+
+def start_tansu(folder: Path) -> tuple[subprocess.Popen, str, str]:
     """Start a memory-backed Tansu broker; returns (process, bootstrap, binary)."""
     binary = find_tansu_binary()
     port = free_port()
@@ -236,8 +285,14 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str, str]:
     return proc, url, kind, binary
 
 
-def start_services(folder: Path | None = None) -> Services:
-    """Start both services and record them in ``folder/services.json``."""
+def start_services(
+    folder: Path | None = None, kafka: str | None = None, kafka_version: str | None = None
+) -> Services:
+    """Start both services and record them in ``folder/services.json``.
+
+    ``kafka``: ``tansu`` or ``apache`` (default ``$FERRY_KAFKA``, else tansu).
+    """
+    kafka_kind, version = kafka_choice(kafka, kafka_version)
     folder = (folder or services_home()).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     existing = read_services(folder)
@@ -246,7 +301,7 @@ def start_services(folder: Path | None = None) -> Services:
             f"embedded services already run from {folder} (kafka {existing.kafka_bootstrap}, "
             f"redis {existing.redis_url}); run 'ferry services down' first"
         )
-    kproc, bootstrap, kbin = start_kafka(folder)
+    kproc, bootstrap, kbin = start_kafka(folder, kafka_kind, version)
     try:
         rproc, url, kind, rbin = start_redis(folder)
     except BaseException:
@@ -261,6 +316,8 @@ def start_services(folder: Path | None = None) -> Services:
         kafka_pid=kproc.pid,
         redis_pid=rproc.pid,
         folder=str(folder),
+        kafka_kind=kafka_kind,
+        kafka_version=version,
     )
     (folder / STATE_FILE).write_text(json.dumps(asdict(services), indent=2))
     return services
@@ -300,6 +357,8 @@ def service_status(folder: Path | None = None) -> dict[str, object]:
     return {
         "kafka": "up" if probe_kafka(host, int(port)) else "down",
         "kafka_bootstrap": services.kafka_bootstrap,
+        "kafka_kind": services.kafka_kind,
+        "kafka_version": services.kafka_version,
         "redis": "up" if probe_redis(services.redis_url) else "down",
         "redis_url": services.redis_url,
         "redis_kind": services.redis_kind,

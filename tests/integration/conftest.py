@@ -1,7 +1,10 @@
-"""Integration fixtures: real embedded services, one stack per Redis server kind.
+"""Integration fixtures: real services, one stack per (Kafka broker, Redis server) pair.
 
-``FERRY_TEST_REDIS`` picks the Redis servers to run every test body against
-(default ``redis,valkey``); a kind that cannot start fails the run, it is never skipped.
+``FERRY_TEST_KAFKA`` picks the brokers every test body runs against (default ``tansu``;
+``make test`` and CI run ``tansu,apache:3.7,apache:4.x``), ``FERRY_TEST_REDIS`` the Redis
+servers (default ``redis,valkey``). A kind that cannot start fails the run, it is never
+skipped; a test that needs what one broker lacks says so with ``requires_broker`` and is
+skipped on that broker with the reason.
 """
 
 from __future__ import annotations
@@ -18,27 +21,45 @@ from ferry.config import StreamConfig, parse_config
 from ferry.seed import SeedRecord, create_topic, produce_records
 from ferry.services import Services, start_services, stop_services
 
-REDIS_KINDS = [
-    k.strip() for k in os.environ.get("FERRY_TEST_REDIS", "redis,valkey").split(",") if k.strip()
-]
+
+def _kinds(var: str, default: str) -> list[str]:
+    return [k.strip() for k in os.environ.get(var, default).split(",") if k.strip()]
+
+
+KAFKA_KINDS = _kinds("FERRY_TEST_KAFKA", "tansu")
+REDIS_KINDS = _kinds("FERRY_TEST_REDIS", "redis,valkey")
+STACKS = [(k, r) for k in KAFKA_KINDS for r in REDIS_KINDS]
 _counter = itertools.count()
 
 
-@pytest.fixture(scope="session", params=REDIS_KINDS)
+@pytest.fixture(scope="session", params=STACKS, ids=[f"{k}-{r}" for k, r in STACKS])
 def services(request, tmp_path_factory) -> Services:
-    folder = tmp_path_factory.mktemp(f"services-{request.param}")
+    kafka, redis_kind = request.param
+    folder = tmp_path_factory.mktemp(f"services-{kafka.replace(':', '')}-{redis_kind}")
     old = os.environ.get("FERRY_REDIS_SERVER")
-    os.environ["FERRY_REDIS_SERVER"] = request.param
+    os.environ["FERRY_REDIS_SERVER"] = redis_kind
     try:
-        stack = start_services(folder)
+        stack = start_services(folder, kafka=kafka)
     finally:
         if old is None:
             os.environ.pop("FERRY_REDIS_SERVER", None)
         else:
             os.environ["FERRY_REDIS_SERVER"] = old
-    assert stack.redis_kind == request.param
+    assert stack.redis_kind == redis_kind
     yield stack
     stop_services(Path(stack.folder))
+
+
+@pytest.fixture(autouse=True)
+def _broker_gate(request):
+    """Skip (with the reason) a test marked ``requires_broker`` on a broker that lacks it."""
+    marker = request.node.get_closest_marker("requires_broker")
+    if marker is None or "services" not in request.fixturenames:
+        return
+    stack = request.getfixturevalue("services")
+    kinds = marker.args[0]
+    if stack.kafka_kind not in kinds:
+        pytest.skip(f"{stack.kafka_kind} broker: {marker.kwargs.get('reason', 'not supported')}")
 
 
 @pytest.fixture

@@ -53,7 +53,9 @@ def test_kill_9_mid_backfill_then_resume(make_stream, redis_client, tmp_path, cl
                 break
             time.sleep(0.002)  # polling interval while watching progress, not a readiness wait
         proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, f"backfill ended before the kill point {point}"
+        assert proc.returncode == -signal.SIGKILL, (
+            f"backfill ended before the kill point {point}: {proc.stderr.read().decode()[-2000:]}"
+        )
         killed_at.append(copied)
         # atomic progress: after a crash anywhere, stream and frontier agree partition by
         # partition. Redis may still run scripts the dead client had already sent, so take the

@@ -81,3 +81,39 @@ def test_state_of_another_topic_is_refused(redis_client, keys):
     arm_migration(redis_client, keys, "topic-a", {0: 0})
     with pytest.raises(ForeignStreamError, match="belongs to topic topic-a"):
         arm_migration(redis_client, keys, "topic-b", {0: 0})
+
+
+def test_position_steps_over_markers_after_the_last_record(redis_client, keys):
+    """read_to past the last record (commit markers, aborted records at the end of a
+    partition) moves the position in the same step; a batch of no records only moves it."""
+    arm_migration(redis_client, keys, "topic", {0: 0})
+    ing = Ingestor(redis_client, keys)
+    moved = ing.ingest_batch(0, 0, [rec(0), rec(1)], read_to=3)  # offset 2 is a marker
+    assert (moved.appended, moved.frontier) == (2, 2)
+    # markers only: the position moves, nothing is appended
+    assert ing.ingest_batch(0, 3, [], read_to=5).frontier == 4
+    # a record at the position lands as the next one; a replayed advance is a no-op
+    assert ing.ingest_batch(0, 5, [rec(5)]).appended == 1
+    assert ing.ingest_batch(0, 3, [], read_to=5).frontier == 5
+    # an advance that starts past the position would leave a hole: refused
+    assert ing.ingest_batch(0, 8, [], read_to=9).refused
+    assert [int(f[b"o"]) for _, f in redis_client.xrange(keys.stream)] == [0, 1, 5]
+
+
+def test_read_to_must_cover_the_batch(redis_client, keys):
+    arm_migration(redis_client, keys, "topic", {0: 0})
+    with pytest.raises(IntegrityError, match="not below read_to"):
+        Ingestor(redis_client, keys).ingest_batch(0, 0, [rec(0), rec(1)], read_to=1)
+    assert not redis_client.exists(keys.stream)
+
+
+def test_a_different_topic_id_under_the_same_name_is_refused(redis_client, keys):
+    from ferry.errors import TopicMismatchError
+    from ferry.ingest import ArmRequest
+
+    def request(topic_id):
+        return ArmRequest("topic", topic_id, "earliest", None, {0: 0}, {}, {})
+
+    assert arm_migration(redis_client, keys, request("AAAAAAAAAAAAAAAAAAAAAQ")) == 1
+    with pytest.raises(TopicMismatchError, match="armed on ID AAAAAAAAAAAAAAAAAAAAAQ"):
+        arm_migration(redis_client, keys, request("BBBBBBBBBBBBBBBBBBBBBQ"))

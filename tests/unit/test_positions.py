@@ -1,39 +1,67 @@
+"""Kafka's meaning of a timestamp start, and the start rule's checks, without a broker."""
+
 import pytest
 
-from ferry.positions import find_offset_for_time
+from ferry.broker import APACHE, TANSU, broker_traits
+from ferry.config import parse_start
+from ferry.errors import ConfigError
+from ferry.positions import first_offset_at_or_after, start_timestamp
 
-# offset -> timestamp; offsets 3, 4 and 8 are gaps (compaction or transaction markers)
-LOG = {0: 100, 1: 110, 2: 120, 5: 150, 6: 150, 7: 170, 9: 190}
-LOW, HIGH = 0, 10
 
-
-def first_at_counting(calls):
-    def first_at(o):
-        calls.append(o)
-        for offset in sorted(LOG):
-            if offset >= o:
-                return offset, LOG[offset]
-        return None
-
-    return first_at
+def running_max_answer(records, target):
+    """Kafka's time index: the first offset where the running maximum timestamp reaches T."""
+    best = -1
+    for offset, ts in records:
+        best = max(best, ts)
+        if best >= target:
+            return offset
+    return None
 
 
 @pytest.mark.parametrize(
-    "target, expected",
-    [(0, 0), (100, 0), (101, 1), (120, 2), (121, 5), (150, 5), (151, 7), (190, 9), (191, 10)],
+    "timestamps",
+    [
+        [10, 20, 30, 40, 50],
+        [50, 10, 60, 20, 70, 5],  # back and forth, as producers setting CreateTime do
+        [5, 5, 5, 100, 1, 1, 100],
+        [-1, -1, 30, -1, 40],  # records without a timestamp
+    ],
 )
-@pytest.mark.parametrize("hint", [None, 0, 4, 10])
-def test_search_finds_first_record_at_or_after_time(target, expected, hint):
-    calls = []
-    assert find_offset_for_time(first_at_counting(calls), LOW, HIGH, target, hint) == expected
-    assert len(set(calls)) <= 2 + 4 + 1  # hint check plus log2(10) probes
+def test_first_offset_matches_kafkas_running_maximum(timestamps):
+    records = [(100 + i, ts) for i, ts in enumerate(timestamps)]
+    for target in sorted({*timestamps, 0, 1000, 25, 55}):
+        assert first_offset_at_or_after(records, target) == running_max_answer(records, target)
 
 
-def test_a_right_hint_costs_two_reads():
-    calls = []
-    assert find_offset_for_time(first_at_counting(calls), LOW, HIGH, 151, hint=7) == 7
-    assert sorted(set(calls)) == [6, 7]
+def test_non_monotonic_start_copies_later_old_records_and_not_earlier_new_ones():
+    # the target is 50: offset 1 (ts 60) is the start; offset 3 (ts 20) after it is copied
+    records = [(0, 10), (1, 60), (2, 40), (3, 20)]
+    assert first_offset_at_or_after(records, 50) == 1
 
 
-def test_empty_range():
-    assert find_offset_for_time(lambda o: None, 5, 5, 100, None) == 5
+def test_no_record_at_or_after_the_target():
+    assert first_offset_at_or_after([(0, 1), (1, 2)], 3) is None
+    assert first_offset_at_or_after([], 3) is None
+
+
+def test_a_start_in_the_future_is_refused():
+    now = 1_800_000_000_000
+    with pytest.raises(ConfigError, match="in the future"):
+        start_timestamp(parse_start("2099-01-01T00:00:00Z"), now)
+    assert start_timestamp(parse_start("1h"), now) == now - 3_600_000
+    assert start_timestamp(parse_start("earliest"), now) is None
+
+
+def test_start_rule_is_described_as_written():
+    assert parse_start("earliest").describe() == "earliest"
+    assert parse_start("7d").describe() == "age 604800000ms"
+    assert parse_start("2026-11-01T00:00:00Z").describe() == "2026-11-01T00:00:00Z"
+
+
+def test_broker_traits_by_cluster_id_and_declaration(monkeypatch):
+    monkeypatch.delenv("FERRY_KAFKA_BROKER", raising=False)
+    assert broker_traits("tansu_cluster") is TANSU
+    assert broker_traits("kO4d8pXmR1yiBmJ2VloS8g") is APACHE
+    assert broker_traits("kO4d8pXmR1yiBmJ2VloS8g", "tansu") is TANSU
+    with pytest.raises(ConfigError, match="kafka.broker"):
+        broker_traits(None, "redpanda")
