@@ -127,6 +127,9 @@ def broker_properties(data: Path, ports: KafkaListeners, extra: dict[str, str]) 
         "transaction.state.log.num.partitions": "4",
         "group.initial.rebalance.delay.ms": "0",
         "log.cleaner.backoff.ms": "1000",  # compaction tests wait for the cleaner
+        # a test and demo broker keeps what it is given (seeded history is years old); a
+        # topic's own retention.ms, and DeleteRecords, still apply
+        "log.retention.ms": "-1",
         "log.retention.check.interval.ms": "1000",
         "num.network.threads": "2",
         "num.io.threads": "4",

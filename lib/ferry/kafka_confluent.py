@@ -18,7 +18,7 @@ from ferry.broker import BrokerTraits, broker_traits
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
 from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
-from ferry.kafka_source import CONNECT_TIMEOUT_S, TopicInfo
+from ferry.kafka_source import CONNECT_TIMEOUT_S, TopicInfo, topic_id_text
 
 # Consumer settings ferry relies on; a user cannot turn these off.
 SAFE_SETTINGS = {
@@ -125,8 +125,12 @@ class ConfluentSource:
                     f"topic {self.topic!r} does not exist on {self.bootstrap}"
                 ) from exc
             return None
-        topic_id = str(description.topic_id) if description.topic_id is not None else ""
-        return None if topic_id in ("", "AAAAAAAAAAAAAAAAAAAAAA") else topic_id
+        uuid = description.topic_id
+        if uuid is None:
+            return None
+        raw = uuid.get_most_significant_bits().to_bytes(8, "big", signed=True)
+        raw += uuid.get_least_significant_bits().to_bytes(8, "big", signed=True)
+        return topic_id_text(raw)
 
     def read_watermarks(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
         """(partitions, low, high): high is the end a ``read_committed`` reader reaches (the
@@ -145,18 +149,29 @@ class ConfluentSource:
 
     def _list_offsets(self, partitions) -> tuple[dict[int, int], dict[int, int]]:
         """Log start and last stable offset of each partition, by ListOffsets."""
+        for attempt in range(3):
+            try:
+                return self._list_offsets_once(partitions)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                code = err.code() if hasattr(err, "code") else None
+                if code != CKError._UNKNOWN_PARTITION or attempt == 2:
+                    raise KafkaError(f"listing the offsets of {self.topic!r}: {exc}") from exc
+                # partitions added since the admin client cached the topic: refresh it (the
+                # topic exists: the consumer's metadata named these partitions)
+                self.admin.list_topics(self.topic, timeout=CONNECT_TIMEOUT_S)
+        raise AssertionError("unreachable")
+
+    def _list_offsets_once(self, partitions) -> tuple[dict[int, int], dict[int, int]]:
         out = []
         for spec in (OffsetSpec.earliest(), OffsetSpec.latest()):
             query = {TopicPartition(self.topic, p): spec for p in partitions}
-            try:
-                futures = self.admin.list_offsets(
-                    query,
-                    isolation_level=IsolationLevel.READ_COMMITTED,
-                    request_timeout=CONNECT_TIMEOUT_S,
-                )
-                out.append({tp.partition: f.result().offset for tp, f in futures.items()})
-            except KafkaException as exc:
-                raise KafkaError(f"listing the offsets of {self.topic!r}: {exc}") from exc
+            futures = self.admin.list_offsets(
+                query,
+                isolation_level=IsolationLevel.READ_COMMITTED,
+                request_timeout=CONNECT_TIMEOUT_S,
+            )
+            out.append({tp.partition: f.result().offset for tp, f in futures.items()})
         return out[0], out[1]
 
     def _fetch_high_watermarks(self, low: dict[int, int], listed: dict[int, int]) -> dict[int, int]:

@@ -12,7 +12,7 @@ from ferry.broker import BrokerTraits, broker_traits
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
 from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
-from ferry.kafka_source import CONNECT_TIMEOUT_S, TopicInfo
+from ferry.kafka_source import CONNECT_TIMEOUT_S, TopicInfo, topic_id_text
 
 
 def client_settings(settings: KafkaSettings, bootstrap: str) -> dict:
@@ -98,15 +98,7 @@ class KafkaPythonSource:
         """The topic's ID from the cluster metadata (None where the broker has none)."""
         cluster = self.consumer._client.cluster
         topic_id = getattr(cluster, "topic_id", lambda _t: None)(self.topic)
-        if topic_id is None:
-            return None
-        import base64
-        import uuid
-
-        raw = topic_id.bytes if isinstance(topic_id, uuid.UUID) else None
-        if raw is None or raw == bytes(16):
-            return None
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return topic_id_text(getattr(topic_id, "bytes", None))
 
     def read_watermarks(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]:
         """(partitions, low, high) with the high ends taken from a fetch."""
@@ -161,13 +153,9 @@ class KafkaPythonSource:
                 )
             finally:
                 admin.close()
-            entries = {}
-            for response in result if isinstance(result, list) else [result]:
-                for res in response.resources:
-                    for entry in res[4]:
-                        entries[entry[0]] = entry[1]
         except Exception:  # brokers without DescribeConfigs: assume Kafka's defaults
             return "delete", None
+        entries = _config_values(result, self.topic)
         retention = entries.get("retention.ms")
         return (
             entries.get("cleanup.policy") or "delete",
@@ -238,3 +226,22 @@ class KafkaPythonSource:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def _config_values(result, topic: str) -> dict[str, str]:
+    """``{name: value}`` from describe_configs: kafka-python 3 answers
+    ``{type: {resource: {name: {"value": ...}}}}``, 2.x a list of responses."""
+    if isinstance(result, dict):
+        for resources in result.values():
+            configs = resources.get(topic) if isinstance(resources, dict) else None
+            if configs is not None:
+                return {
+                    k: (v.get("value") if isinstance(v, dict) else v) for k, v in configs.items()
+                }
+        return {}
+    entries = {}
+    for response in result if isinstance(result, list) else [result]:
+        for res in response.resources:
+            for entry in res[4]:
+                entries[entry[0]] = entry[1]
+    return entries

@@ -74,6 +74,15 @@ class KafkaSource(Protocol):
     def close(self) -> None: ...
 
 
+def topic_id_text(raw: bytes | None) -> str | None:
+    """A topic ID as Kafka prints it (URL-safe base64, no padding); None for none or zero."""
+    import base64
+
+    if not raw or raw == bytes(16):
+        return None
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def resolve_bootstrap(settings: KafkaSettings) -> str:
     if settings.bootstrap_servers == "embedded":
         from ferry.services import running_services

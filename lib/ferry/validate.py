@@ -1,7 +1,12 @@
 """The validation core: re-read Kafka and scan Redis independently, compare per partition.
 
-For each partition p the Kafka range is ``[start[p], frontier[p]]`` from the migration state.
-Nothing here trusts the mirror: Kafka is read with a fresh consumer, Redis with XRANGE.
+For each partition p the Kafka range is ``[start[p], position[p])``, and nothing here trusts
+the mirror's view of it: Kafka is read with a fresh consumer of the client the mirror did not
+use, the log start and end come from the broker, and the start is checked against what the
+config's start rule means on Kafka's terms (``offsets_for_times`` at the recorded target
+time); a start that differs is a failed check, not a smaller range. Records Kafka removed
+after the copy (retention or DeleteRecords below the log start, the cleaner on a compacted
+topic) are reported as such, not as extra. Redis is read with XRANGE.
 A Kafka shadow (redis-primary) is compared with the entry its header names; entries written
 to Redis first whose shadow is not in the range yet are counted, not failed (``unshadowed``).
 """
@@ -34,7 +39,16 @@ SCAN_COUNT = 10_000
 STALL_TIMEOUT_S = 30.0
 
 # The JSON keys of one partition's row, documented in the README.
-COUNTERS = ("missing", "duplicates", "out_of_order", "mismatched", "extra", "unexplained_gaps")
+COUNTERS = (
+    "missing",
+    "duplicates",
+    "out_of_order",
+    "mismatched",
+    "extra",
+    "unexplained_gaps",
+    "start_mismatch",
+    "unarmed",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,13 @@ class PartitionReport:
     trimmed_to: int | None = None  # retention removed this partition's entries up to here
     redis_first: int = 0  # entries written to Redis first whose shadow is in the range
     unshadowed: int = 0  # entries written to Redis first whose shadow is not (yet) in it
+    start_mismatch: int = 0  # 1 when start differs from the config's start rule on Kafka's terms
+    expected_start: int | None = None  # Kafka's answer for the start rule (None: not checkable)
+    start_found: str | None = None  # how the start was found when the migration was armed
+    retired_by_kafka: int = 0  # entries below Kafka's log start now (retention, DeleteRecords)
+    compacted: int = 0  # entries whose record the cleaner removed after the copy
+    unarmed: int = 0  # 1 for a partition Kafka has and the migration never armed
+    log_start: int | None = None  # Kafka's log start offset of the partition
 
     @property
     def ok(self) -> bool:
@@ -85,6 +106,13 @@ class ValidationReport:
                     bad.append(f"kafka_count={p.kafka_count} redis_count={p.redis_count}")
                 if p.first_missing is not None:
                     bad.append(f"first missing offset {p.first_missing}")
+                if p.start_mismatch:
+                    bad.append(
+                        f"started at offset {p.start} but the start rule means "
+                        f"{p.expected_start} on Kafka's terms"
+                    )
+                if p.unarmed:
+                    bad.append("Kafka has this partition but the migration never armed it")
                 out.append(f"partition {p.partition}: " + ", ".join(bad))
         return out
 
@@ -99,6 +127,8 @@ class ValidationReport:
             "seconds": round(self.seconds, 3),
             "kafka_count": sum(p.kafka_count for p in self.partitions),
             "redis_count": sum(p.redis_count for p in self.partitions),
+            "retired_by_kafka": sum(p.retired_by_kafka for p in self.partitions),
+            "compacted": sum(p.compacted for p in self.partitions),
             **totals,
             "partitions": [asdict(p) for p in self.partitions],
         }
@@ -109,6 +139,7 @@ class _RedisSide:
 
     def __init__(self) -> None:
         self.digests: dict[int, bytes] = {}
+        self.keys: dict[int, bytes | None] = {}  # offset -> key, on compacted topics only
         self.count = 0
         self.duplicates = 0
         self.out_of_order = 0
@@ -132,9 +163,11 @@ def scan_redis(
     keys: MigrationKeys,
     partitions: list[int],
     since: dict[int, int] | None = None,
+    keep_keys: bool = False,
 ) -> dict[int, _RedisSide]:
     """What the stream holds per partition; with ``since``, Kafka-origin entries of offsets
-    below ``since[p]`` are outside the window and left out (a window check, not a skip)."""
+    below ``since[p]`` are outside the window and left out (a window check, not a skip).
+    ``keep_keys`` remembers each entry's key (a compacted topic's check needs them)."""
     since = since or {}
     sides = {p: _RedisSide() for p in partitions}
     for key in keys.streams(partitions):
@@ -154,6 +187,8 @@ def scan_redis(
                 side.duplicates += 1
             else:
                 side.digests[record.offset] = record_digest(record)
+                if keep_keys:
+                    side.keys[record.offset] = record.key if record.value is not None else None
             if record.offset <= side.last:
                 side.out_of_order += 1
             side.last = max(side.last, record.offset)
@@ -195,6 +230,32 @@ def read_kafka_range(
                 )
 
 
+def other_client(config: StreamConfig) -> str:
+    """The Kafka client the mirror did not use: validation reads with it."""
+    return "kafka-python" if config.kafka.client == "confluent" else "confluent"
+
+
+def expected_starts(source: KafkaSource, armed, info) -> dict[int, int | None]:
+    """What each armed partition's start should be on Kafka's terms, read now with the
+    validating client: the log start for ``earliest``, else the earliest offset whose
+    timestamp is at or after the recorded target time. None where it cannot be checked
+    any more (Kafka's log start has moved past the answer)."""
+    from ferry.positions import choose_start
+
+    hints = source.offsets_for_time(armed.start_ts) if armed.start_ts is not None else {}
+    out: dict[int, int | None] = {}
+    for p, start in armed.starts.items():
+        if p not in info.high:
+            continue
+        if armed.start_ts is None or armed.start_found.get(p) == "added":
+            out[p] = None if start < info.low[p] else info.low[p]
+            continue
+        choice = choose_start(source, p, info.low[p], info.high[p], armed.start_ts, hints.get(p))
+        # an answer at the log start may be retention's doing: only a later one is certain
+        out[p] = choice.offset if choice.offset > info.low[p] or start >= info.low[p] else None
+    return out
+
+
 def validate_stream(
     config: StreamConfig,
     *,
@@ -202,30 +263,53 @@ def validate_stream(
     on_progress: Callable[[int], None] | None = None,
     since: dict[int, int] | None = None,
 ) -> ValidationReport:
-    """Compare the Kafka range ``[start, frontier]`` with the stream, partition by partition
-    (from just past ``trimmed_to`` where retention removed the oldest entries; from
-    ``since[p]`` when given, to check a window of live traffic)."""
+    """Compare the Kafka range ``[start, position)`` with the stream, partition by partition
+    (from just past ``trimmed_to`` where retention removed the oldest entries; from Kafka's
+    log start where Kafka deleted records after the copy; from ``since[p]`` when given, to
+    check a window of live traffic). Reads Kafka with the client the mirror did not use
+    unless ``client`` says otherwise."""
+    from ferry.identity import check_topic_identity, read_armed_topic
+    from ferry.positions import read_record_at
+
     began = time.monotonic()
     target = connect_redis(config)
     keys = migration_keys(config)
     starts, frontiers = read_state(target, keys)
-    source = open_source(config, client)
+    if not starts:
+        raise FerryError(
+            f"stream {config.name!r} was never backfilled: no migration state at {keys.state}"
+        )
+    source = open_source(config, client or other_client(config))
     try:
         info = source.describe_topic()
-        partitions = list(info.partitions)
-        if not starts:
+        armed = read_armed_topic(target, keys)
+        check_topic_identity(
+            armed, info, frontiers, lambda p, o: read_record_at(source, p, o, info.high[p])
+        )
+        if armed.start_rule is not None and armed.start_rule != config.start.describe():
             raise FerryError(
-                f"stream {config.name!r} was never backfilled: no migration state at {keys.state}"
+                f"stream {config.name!r}: the config's start rule is {config.start.describe()!r} "
+                f"but the migration was armed with {armed.start_rule!r}; the start is chosen once. "
+                "Put the armed rule back in the config, or start a new migration"
             )
-        sides = scan_redis(target, keys, partitions, since)
+        partitions = list(info.partitions)
+        armed_partitions = [p for p in partitions if p in starts]
+        want = expected_starts(source, armed, info)
+        sides = scan_redis(target, keys, partitions, since, keep_keys=info.compacted)
         _leave_out_live_appends(sides, frontiers, read_state(target, keys)[1])
         gaps_allowed = info.compacted or config.kafka.transactional
         trimmed = read_trimmed(target, config)
-        # what retention removed on purpose is not expected in the stream any more
+        # what retention removed on purpose is not expected in the stream any more; what
+        # Kafka deleted below its log start after the copy is reported, not compared
         first = {
-            p: max(starts[p], trimmed.get(p, -1) + 1, (since or {}).get(p, 0)) for p in partitions
+            p: max(starts[p], trimmed.get(p, -1) + 1, (since or {}).get(p, 0), info.low[p])
+            for p in armed_partitions
         }
-        ranges = {p: (first[p], frontiers[p]) for p in partitions}
+        retired = {
+            p: _drop_below(sides[p], info.low[p]) if info.low[p] > starts[p] else 0
+            for p in armed_partitions
+        }
+        ranges = {p: (first[p], frontiers[p]) for p in armed_partitions}
         seen = {p: 0 for p in partitions}
         missing = dict.fromkeys(partitions, 0)
         mismatched = dict.fromkeys(partitions, 0)
@@ -233,6 +317,7 @@ def validate_stream(
         first_missing: dict[int, int] = {}
         matched: dict[int, set[int]] = {p: set() for p in partitions}
         shadows: dict[int, set[bytes]] = {p: set() for p in partitions}
+        latest_of_key: dict[int, dict[bytes | None, int]] = {p: {} for p in partitions}
         trimmed_id = read_trimmed_ids(target, keys, partitions)
         expected = dict(first)
         for record in read_kafka_range(source, ranges):
@@ -240,6 +325,8 @@ def validate_stream(
             if record.offset != expected[p] and not gaps_allowed:
                 gaps[p] += 1
             expected[p] = record.offset + 1
+            if info.compacted:
+                latest_of_key[p][record.key] = record.offset
             entry_id = shadow_of(record)
             if entry_id is not None:  # compared with the entry written to Redis first
                 digest = sides[p].primary.get(entry_id)
@@ -262,23 +349,34 @@ def validate_stream(
         rows = []
         for p in partitions:
             side = sides[p]
+            if p not in starts:
+                rows.append(_unarmed_row(p, info))
+                continue
+            unmatched = set(side.digests) - matched[p]
+            compacted = _removed_by_cleaner(unmatched, side.keys, latest_of_key[p])
             rows.append(
                 PartitionReport(
                     partition=p,
                     start=starts[p],
                     frontier=frontiers[p],
                     kafka_count=seen[p],
-                    redis_count=side.count + len(shadows[p]),
+                    redis_count=side.count - len(compacted) + len(shadows[p]),
                     missing=missing[p],
                     duplicates=side.duplicates,
                     out_of_order=side.out_of_order,
                     mismatched=mismatched[p],
-                    extra=len(side.digests) - len(matched[p]),
+                    extra=len(unmatched) - len(compacted),
                     unexplained_gaps=gaps[p],
                     first_missing=first_missing.get(p),
                     trimmed_to=trimmed.get(p),
                     redis_first=len(shadows[p]),
                     unshadowed=len(side.primary) - len(shadows[p]),
+                    start_mismatch=int(want.get(p) is not None and want[p] != starts[p]),
+                    expected_start=want.get(p),
+                    start_found=armed.start_found.get(p),
+                    retired_by_kafka=retired[p],
+                    compacted=len(compacted),
+                    log_start=info.low[p],
                 )
             )
         return ValidationReport(
@@ -291,6 +389,50 @@ def validate_stream(
         )
     finally:
         source.close()
+
+
+def _drop_below(side: _RedisSide, low: int) -> int:
+    """Leave out entries of offsets Kafka deleted after the copy; returns how many."""
+    gone = [o for o in side.digests if o < low]
+    for offset in gone:
+        del side.digests[offset]
+    side.count -= len(gone)
+    return len(gone)
+
+
+def _removed_by_cleaner(
+    unmatched: set[int], keys: dict[int, bytes | None], latest: dict[bytes | None, int]
+) -> set[int]:
+    """Of the entries Kafka no longer returns, those the log cleaner removed: a later record
+    of the same key is in Kafka, or the entry is a tombstone (removed after
+    delete.retention.ms). Only on compacted topics (``keys`` is empty otherwise)."""
+    out = set()
+    for offset in unmatched:
+        if offset not in keys:
+            continue
+        key = keys[offset]
+        if key is None or latest.get(key, -1) > offset:
+            out.add(offset)
+    return out
+
+
+def _unarmed_row(p: int, info) -> PartitionReport:
+    held = info.high[p] - info.low[p]
+    return PartitionReport(
+        partition=p,
+        start=info.low[p],
+        frontier=info.low[p] - 1,
+        kafka_count=held,
+        redis_count=0,
+        missing=held,
+        duplicates=0,
+        out_of_order=0,
+        mismatched=0,
+        extra=0,
+        unexplained_gaps=0,
+        unarmed=int(held > 0),
+        log_start=info.low[p],
+    )
 
 
 def _leave_out_live_appends(sides: dict, before: dict, after: dict) -> None:

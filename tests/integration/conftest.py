@@ -105,10 +105,12 @@ def make_stream(services, redis_client, request):
         client: str = "confluent",
         layout: str = "merged",
         extra: dict | None = None,
+        kafka_extra: dict | None = None,
+        topic_config: dict | None = None,
     ) -> StreamFixture:
         name = f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
         name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
-        create_topic(services.kafka_bootstrap, name, partitions)
+        create_topic(services.kafka_bootstrap, name, partitions, topic_config)
         if records:
             produce_records(services.kafka_bootstrap, name, records)
         doc = {
@@ -117,6 +119,7 @@ def make_stream(services, redis_client, request):
                 "bootstrap_servers": services.kafka_bootstrap,
                 "topic": name,
                 "client": client,
+                **(kafka_extra or {}),
             },
             "redis": {"url": services.redis_url, "layout": layout},
             **(extra or {}),
