@@ -5,7 +5,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["DualWriter", "FerryError", "__version__"]
 
+import logging
+
 from ferry.errors import FerryError
+
+# a library does not configure logging; this keeps unconfigured logs (librdkafka's among them)
+# off stderr until the application or the CLI says where they go
+logging.getLogger("ferry").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):

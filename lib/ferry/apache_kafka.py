@@ -34,6 +34,36 @@ class KafkaListeners:
     sasl_ssl: int | None = None
 
 
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener (SCRAM-SHA-512) beside the plaintext one, as a secured cluster has.
+
+    ``keystore_pem``: the server's private key and certificate chain in one PEM file;
+    ``users``: SCRAM users created when the log dir is formatted (name -> password).
+    """
+
+    port: int
+    keystore_pem: Path
+    users: dict[str, str]
+
+    def properties(self) -> dict[str, str]:
+        prefix = "listener.name.sasl_ssl."
+        return {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            prefix + "scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            prefix + "ssl.keystore.type": "PEM",
+            prefix + "ssl.keystore.location": str(self.keystore_pem),
+        }
+
+    def format_args(self) -> list[str]:
+        out = []
+        for name, password in self.users.items():
+            out += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return out
+
+
 def resolve_version(version: str | None) -> str:
     """A full Kafka version from a user's choice: ``3.7``, ``4.x``, ``3.7.2``... (default 3.7.2)."""
     version = (version or os.environ.get("FERRY_KAFKA_VERSION") or DEFAULT_VERSION).strip()
@@ -159,15 +189,20 @@ rootLogger.appenderRef.file.ref = file
 
 
 def broker_command(
-    folder: Path, version: str, ports: KafkaListeners, extra: dict[str, str] | None = None
+    folder: Path,
+    version: str,
+    ports: KafkaListeners,
+    extra: dict[str, str] | None = None,
+    secure: SaslSsl | None = None,
 ) -> list[str]:
     """Format a fresh KRaft log dir under ``folder`` and return the broker's command line."""
+    extra = {**(extra or {}), **(secure.properties() if secure else {})}
     jars = fetch_kafka_jars(version)
     data = folder / "kafka-data"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     config = data / "server.properties"
-    config.write_text(broker_properties(data, ports, extra or {}))
+    config.write_text(broker_properties(data, ports, extra))
     log4j = data / "log4j.properties"
     log4j.write_text(LOG4J.format(log=folder / "kafka-server.log"))
     log4j2 = data / "log4j2.properties"
@@ -192,6 +227,7 @@ def broker_command(
             _cluster_id(),
             "-c",
             str(config),
+            *(secure.format_args() if secure else []),
         ],
         capture_output=True,
         text=True,

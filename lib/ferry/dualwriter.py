@@ -85,6 +85,8 @@ class DualWriter:
     ) -> None:
         from confluent_kafka import Producer
 
+        from ferry.kafka_confluent import client_settings
+
         self.config = config
         self.keys = migration_keys(config)
         self.writer_id = writer_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
@@ -94,7 +96,7 @@ class DualWriter:
         self.ingestor = Ingestor(self.redis, self.keys)
         self.producer = Producer(
             {
-                "bootstrap.servers": resolve_bootstrap(config.kafka),
+                **client_settings(config.kafka, resolve_bootstrap(config.kafka)),
                 "enable.idempotence": True,
                 "linger.ms": 5,  # Tansu reads back 1-record batches very slowly
                 # the Java client's key hashing, which redis-primary reproduces in Python

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from confluent_kafka import (
@@ -31,11 +32,17 @@ SAFE_SETTINGS = {
 }
 
 
+# librdkafka's own log goes to this logger (not straight to stderr), so a broker that is
+# down is one error line from ferry, not a flood of %3|FAIL lines
+LIBRDKAFKA_LOG = logging.getLogger("ferry.librdkafka")
+
+
 def client_settings(settings: KafkaSettings, bootstrap: str) -> dict:
     conf: dict = {
         "bootstrap.servers": bootstrap,
         "security.protocol": settings.security_protocol,
         "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT_S * 1000),
+        "logger": LIBRDKAFKA_LOG,
     }
     if settings.sasl_mechanism:
         conf["sasl.mechanism"] = settings.sasl_mechanism
@@ -48,6 +55,22 @@ def client_settings(settings: KafkaSettings, bootstrap: str) -> dict:
     return conf
 
 
+def connect_failure(bootstrap: str, exc: Exception, reported: list) -> str:
+    """One line naming why Kafka could not be used: the authentication or TLS failure
+    librdkafka reported, rather than its generic 'transport failure'."""
+    causes = {
+        CKError._AUTHENTICATION: "authentication failed (check kafka.security's username, "
+        "password and sasl_mechanism)",
+        CKError._SSL: "the TLS handshake failed (check kafka.security.ssl_cafile and that the "
+        "broker's certificate names this host)",
+    }
+    for err in reversed(reported):
+        code = err.code() if hasattr(err, "code") else None
+        if code in causes:
+            return f"cannot use Kafka at {bootstrap}: {causes[code]}: {err.str()}"
+    return f"cannot reach Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
+
+
 class ConfluentSource:
     client_name = "confluent"
 
@@ -55,6 +78,8 @@ class ConfluentSource:
         self.topic = settings.topic
         self.bootstrap = bootstrap
         self.base = client_settings(settings, bootstrap)
+        self.errors: list = []  # what librdkafka reported while connecting (the real cause)
+        self.base["error_cb"] = self.errors.append
         self.admin = AdminClient(self.base)
         self.traits: BrokerTraits = broker_traits(self._cluster_id(), settings.broker)
         self.consumer = Consumer(
@@ -78,9 +103,8 @@ class ConfluentSource:
         try:
             return self.admin.list_topics(timeout=CONNECT_TIMEOUT_S).cluster_id
         except KafkaException as exc:
-            raise KafkaError(
-                f"cannot reach Kafka at {self.bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
-            ) from exc
+            self.admin.poll(0)  # error callbacks are served on poll
+            raise KafkaError(connect_failure(self.bootstrap, exc, self.errors)) from exc
 
     def _metadata(self):
         try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kerr
@@ -41,25 +44,27 @@ class KafkaPythonSource:
         self.base = client_settings(settings, bootstrap)
         self.declared_broker = settings.broker
         self._traits: BrokerTraits | None = None
+        seen: list[str] = []
         try:
-            self.consumer = KafkaConsumer(
-                **self.base,
-                client_id=f"ferry-{name}",
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="none",
-                isolation_level="read_committed",
-                check_crcs=True,
-                fetch_max_wait_ms=5,  # set from the broker's traits once metadata is in
-                max_partition_fetch_bytes=8 * 1024 * 1024,
-                fetch_max_bytes=64 * 1024 * 1024,
-                bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
-            )
+            with _connect_log(seen):
+                self.consumer = self._open_consumer(name)
         except kerr.KafkaError as exc:
-            raise KafkaError(
-                f"cannot reach Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
-            ) from exc
-        self._partitions_checked = False
+            raise KafkaError(_connect_failure(bootstrap, exc, seen)) from exc
+
+    def _open_consumer(self, name: str) -> KafkaConsumer:
+        return KafkaConsumer(
+            **self.base,
+            client_id=f"ferry-{name}",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="none",
+            isolation_level="read_committed",
+            check_crcs=True,
+            fetch_max_wait_ms=5,  # set from the broker's traits once metadata is in
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+        )
 
     @property
     def traits(self) -> BrokerTraits:
@@ -245,3 +250,47 @@ def _config_values(result, topic: str) -> dict[str, str]:
             for entry in res[4]:
                 entries[entry[0]] = entry[1]
     return entries
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _connect_log(seen: list[str]) -> Iterator[None]:
+    """Collect what kafka-python logs while connecting into ``seen`` (it reports
+    authentication and TLS failures only there), kept off stderr."""
+    logger = logging.getLogger("kafka")
+    handler = _Collect()
+    handler.messages = seen
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _connect_failure(bootstrap: str, exc: Exception, seen: list[str]) -> str:
+    causes = (
+        (
+            ("authentication failed", "sasl authentication", "saslauthentication"),
+            "authentication failed (check kafka.security's username, password and sasl_mechanism)",
+        ),
+        (
+            ("certificate", "handshake"),
+            "the TLS handshake failed (check kafka.security.ssl_cafile and that the broker's "
+            "certificate names this host)",
+        ),
+    )
+    for needles, cause in causes:
+        for message in reversed(seen):
+            if any(n in message.lower() for n in needles):
+                return f"cannot use Kafka at {bootstrap}: {cause}: {message.splitlines()[0][:300]}"
+    return f"cannot reach Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"

@@ -204,13 +204,20 @@ def start_kafka(
     return start_tansu(folder)
 
 
-def start_apache_kafka(folder: Path, version: str) -> tuple[subprocess.Popen, str, str]:
-    """Start an Apache Kafka KRaft node on free loopback ports, its data in ``folder``."""
+def start_apache_kafka(
+    folder: Path, version: str, secure=None
+) -> tuple[subprocess.Popen, str, str]:
+    """Start an Apache Kafka KRaft node on free loopback ports, its data in ``folder``;
+    ``secure`` (an :class:`ferry.apache_kafka.SaslSsl`) adds a SASL_SSL listener."""
     from ferry.apache_kafka import KafkaListeners, broker_command
 
-    ports = KafkaListeners(plaintext=free_port(), controller=free_port())
+    ports = KafkaListeners(
+        plaintext=free_port(),
+        controller=free_port(),
+        sasl_ssl=secure.port if secure else None,
+    )
     log = folder / "kafka.log"
-    args = broker_command(folder, version, ports)
+    args = broker_command(folder, version, ports, secure=secure)
     proc = _spawn(args, log)
     _wait_ready(
         f"Kafka broker (Apache Kafka {version})",

@@ -1,0 +1,197 @@
+"""SASL_SSL (SCRAM-SHA-512) on a real Apache Kafka broker, with a CA and server certificate
+this test makes: backfill, validate and the DualWriter connect through the config's
+``kafka.security`` block with both clients, secrets by reference; a wrong password or a
+wrong CA is a one-line error."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ferry.apache_kafka import SaslSsl
+from ferry.config import parse_config
+from ferry.dualwriter import DualWriter
+from ferry.mirror import backfill
+from ferry.seed import SeedRecord, create_topic, produce_records
+from ferry.services import _terminate, free_port, start_apache_kafka
+from ferry.validate import validate_stream
+
+from .helpers import by_partition, ferry_cli, read_kafka_raw, read_redis_records
+
+pytestmark = pytest.mark.requires_broker(
+    ["apache"], reason="Tansu 0.6 has no SASL_SSL listener in this setup"
+)
+USER = "ferry-mirror"
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(folder: Path, cn: str) -> tuple:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def make_server_keystore(folder: Path, ca_key, ca_cert) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    path = folder / "server-keystore.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+        + ca_cert.public_bytes(serialization.Encoding.PEM)
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def secure_broker(services, tmp_path_factory):
+    """A second broker of the same version, with a SASL_SSL listener, for this module."""
+    if services.kafka_kind != "apache":
+        pytest.skip(f"{services.kafka_kind} broker: Tansu 0.6 has no SASL_SSL listener here")
+    folder = tmp_path_factory.mktemp("secure-kafka")
+    ca_key, ca_cert = make_ca(folder, "ferry-test-ca")
+    make_ca(folder, "other-ca")
+    password = secrets.token_urlsafe(16)
+    secure = SaslSsl(free_port(), make_server_keystore(folder, ca_key, ca_cert), {USER: password})
+    proc, plaintext, _ = start_apache_kafka(folder, services.kafka_version, secure)
+    (folder / "password").write_text(password + "\n")
+    yield {
+        "plaintext": plaintext,
+        "sasl_ssl": f"127.0.0.1:{secure.port}",
+        "folder": folder,
+    }
+    _terminate(proc.pid)
+
+
+def secure_config(broker, services, name, client, password_file=None, cafile=None) -> dict:
+    return {
+        "name": name,
+        "kafka": {
+            "bootstrap_servers": broker["sasl_ssl"],
+            "topic": name,
+            "client": client,
+            "security": {
+                "protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "username": {"env": "FERRY_TEST_KAFKA_USER"},
+                "password": {"file": str(password_file or broker["folder"] / "password")},
+                "ssl_cafile": str(cafile or broker["folder"] / "ferry-test-ca.pem"),
+            },
+        },
+        "redis": {"url": services.redis_url},
+    }
+
+
+@pytest.fixture
+def secure_topic(secure_broker, request, monkeypatch, redis_client):
+    monkeypatch.setenv("FERRY_TEST_KAFKA_USER", USER)
+    name = "sec-" + request.node.name.split("[")[0][-30:].replace("_", "-")
+    name += "-" + secrets.token_hex(3)
+    create_topic(secure_broker["plaintext"], name, 2)
+    records = [
+        SeedRecord(i % 2, b"k%d" % i, b"v%d" % i, (), 1_700_000_000_000 + i) for i in range(500)
+    ]
+    produce_records(secure_broker["plaintext"], name, records)
+    yield name
+    keys = list(redis_client.scan_iter(match=f"*{{{name}}}*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+def test_backfill_validate_and_write_over_sasl_ssl(
+    secure_broker, secure_topic, services, redis_client, client
+):
+    doc = secure_config(secure_broker, services, secure_topic, client)
+    config = parse_config(doc, "<secure>")
+    assert backfill(config, progress=False).records == 500
+    report = validate_stream(config)  # the other client, over the same listener
+    assert report.ok and report.client != client, report.failures()
+
+    writer = DualWriter(config)  # kafka-only: the writer's producer authenticates too
+    try:
+        for i in range(20):
+            writer.send(b"live-%d" % i, key=b"k", partition=0)
+        writer.flush()
+    finally:
+        writer.close()
+    backfill(config, progress=False)
+    kafka = read_kafka_raw(secure_broker["plaintext"], secure_topic, 2)
+    stream = read_redis_records(redis_client, config.redis.stream)
+    assert by_partition(r for _, r in stream) == kafka
+    assert sum(map(len, kafka.values())) == 520
+
+
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
+@pytest.mark.parametrize("fault", ["password", "ca"])
+def test_wrong_password_or_ca_is_a_one_line_error(
+    secure_broker, secure_topic, services, tmp_path, client, fault
+):
+    import yaml
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    doc = secure_config(
+        secure_broker,
+        services,
+        secure_topic,
+        client,
+        password_file=wrong if fault == "password" else None,
+        cafile=secure_broker["folder"] / "other-ca.pem" if fault == "ca" else None,
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run(
+        ferry_cli("backfill", path, "--no-progress"), capture_output=True, timeout=120
+    )
+    err = proc.stderr.decode()
+    lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert secure_broker["sasl_ssl"] in lines[0]
+    expect = "authentication" if fault == "password" else "certificate"
+    assert expect in lines[0].lower(), lines[0]
