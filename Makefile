@@ -3,7 +3,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: demo test soak bench bench-live lint format lab services-up services-down clean
+.PHONY: demo test soak bench bench-live lint format lab services-up services-down clean kafka-jars
+
+# the (Kafka broker, Redis server) pairs every integration test body runs on
+FERRY_TEST_STACKS ?= tansu/redis,tansu/valkey,apache:3.7/redis,apache:3.7/valkey,apache:4.x/redis
+export FERRY_TEST_STACKS
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,9 +22,13 @@ $(VENV)/.dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/ferry demo
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev kafka-jars
 	bash scripts/ensure-system-packages
 	$(PY) -m pytest
+
+# Apache Kafka's broker jars (Maven Central, cached per version in ~/.cache/ferry/kafka)
+kafka-jars: $(VENV)/.installed
+	$(PY) -m ferry.apache_kafka 3.7 4.x
 
 soak: $(VENV)/.dev
 	bash scripts/ensure-system-packages

@@ -11,8 +11,16 @@ services, then measures side by side (median of RUNS each):
   runs with) and with Redis's stock 4096 / 100;
 - the naive migrator of the postmortem (one XADD and one offset commit per record).
 
-Prints a table with ratios and writes bench/results/backfill-<time>.json.
-Usage: python bench/backfill_bench.py [--records N] [--runs K]
+On a 2-core machine the broker, Redis and ferry share the cores, so it also reports the CPU
+time per record of each process (ferry's, Redis's, the broker's; from getrusage and
+/proc/PID/stat), which noise barely moves, for ferry's backfill and for the raw parts (the
+bare read loop, pipelined XADD).
+
+Each broker in --kafka gets the whole set (default: Tansu and Apache Kafka 3.7), plus a
+sweep of the consumer's fetch wait (backfill rate and the tail latency of a following mirror).
+
+Prints a table with ratios per broker and writes bench/results/backfill-<time>.json.
+Usage: python bench/backfill_bench.py [--records N] [--runs K] [--kafka tansu,apache:3.7]
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -170,26 +179,117 @@ def naive_migrator(bootstrap: str, url: str, topic: str, limit: int, seconds: fl
     return rate
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    records, runs = args.records, args.runs
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU used by this process (ferry or a bare loop), Redis and the broker over a block."""
+
+    def __init__(self, services) -> None:
+        self.pids = {"redis": services.redis_pid, "broker": services.kafka_pid}
+
+    def __enter__(self):
+        self.start = {"self": time.process_time(), **{k: proc_cpu(v) for k, v in self.pids.items()}}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.used = {
+            "self": time.process_time() - self.start["self"],
+            **{k: proc_cpu(v) - self.start[k] for k, v in self.pids.items()},
+        }
+
+    def per_record_us(self, records: int) -> dict[str, float]:
+        return {k: v / records * 1e6 for k, v in self.used.items()}
+
+
+def tail_latency_ms(base_config, services, name: str, count: int = 300) -> dict[str, float]:
+    """A following mirror; records produced one at a time every 10 ms; delivery report ->
+    visible in the stream, p50 and p99 (ms)."""
+    from confluent_kafka import Producer
+
+    from ferry.mirror import backfill
+    from ferry.seed import create_topic
+
+    topic = f"lat-{name}"
+    create_topic(services.kafka_bootstrap, topic, 1)
+    config = replace(
+        base_config,
+        name=topic,
+        redis=replace(base_config.redis, stream="{" + topic + "}:stream"),
+        kafka=replace(base_config.kafka, topic=topic),
+    )
+    stop = threading.Event()
+    mirror = threading.Thread(
+        target=backfill, args=(config,), kwargs={"follow": True, "progress": False,
+                                                 "should_stop": stop.is_set}
+    )  # fmt: skip
+    mirror.start()
+    client = redis.Redis.from_url(services.redis_url)
+    delivered: dict[int, float] = {}
+    seen: dict[int, float] = {}
+
+    def watch() -> None:
+        last = "0-0"
+        while len(seen) < count and not stop.is_set():
+            for _, entries in client.xread({config.redis.stream: last}, block=200) or []:
+                now = time.perf_counter()
+                for entry_id, fields in entries:
+                    last = entry_id
+                    seen[int(fields[b"v"])] = now
+
+    watcher = threading.Thread(target=watch)
+    producer = Producer({"bootstrap.servers": services.kafka_bootstrap, "linger.ms": 0})
+    deadline = time.monotonic() + 60
+    while not client.hexists(f"{{{topic}}}:ferry:state", "frontier:0"):  # the mirror armed
+        assert time.monotonic() < deadline, "the following mirror did not arm within 60 s"
+        time.sleep(0.05)
+    watcher.start()
+    for i in range(count):
+        producer.produce(
+            topic, value=b"%d" % i,
+            on_delivery=lambda err, msg, i=i: delivered.__setitem__(i, time.perf_counter()),
+        )  # fmt: skip
+        producer.poll(0.01)
+    producer.flush(30)
+    watcher.join(timeout=60)
+    stop.set()
+    mirror.join()
+    lat = sorted((seen[i] - delivered[i]) * 1000 for i in delivered if i in seen)
+    client.delete(config.redis.stream, f"{{{topic}}}:ferry:state")
+    if not lat:
+        return {"p50": float("nan"), "p99": float("nan"), "seen": 0}
+    return {
+        "p50": statistics.median(lat),
+        "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "seen": len(lat),
+    }
+
+
+def bench_broker(kafka: str, records: int, runs: int, fetch_waits: list[int]) -> dict:
+    """Every figure on one broker (a fresh stack of that broker and Redis)."""
     home = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     os.environ["FERRY_HOME"] = str(home)
     from ferry.config import parse_config
-    from ferry.services import embedded_services
+    from ferry.services import start_services, stop_services
 
     results: dict = {"records": records, "value_bytes": VALUE_BYTES, "partitions": PARTITIONS}
-    with embedded_services(home / "services") as services:
+    services = start_services(home / "services", kafka=kafka)
+    try:
+        results["broker"] = f"{services.kafka_kind} {services.kafka_version}"
         results["redis_kind"] = services.redis_kind
         topic = "bench"
         t = time.perf_counter()
         seed(services.kafka_bootstrap, topic, records)
         results["seed_seconds"] = round(time.perf_counter() - t, 1)
-        print(f"seeded {records} x {VALUE_BYTES} B in {results['seed_seconds']} s")
+        print(
+            f"[{results['broker']}] seeded {records} x {VALUE_BYTES} B in {results['seed_seconds']} s"
+        )
         base = parse_config(
             {
                 "name": "bench",
@@ -200,10 +300,21 @@ def main() -> None:
         )
         client = redis.Redis.from_url(services.redis_url)
         samples: dict[str, list[float]] = {}
+        cpu: dict[str, list[dict[str, float]]] = {}
         memory: dict[str, float] = {}
+
+        def timed_cpu(name: str, fn):
+            with CpuMeter(services) as meter:
+                value = fn()
+            cpu.setdefault(name, []).append(meter.per_record_us(records))
+            return value
+
         for run in range(runs):  # interleaved, so drift hits every figure alike
             for kafka_client in ("confluent", "kafka-python"):
-                out = ferry_backfill(base, f"bench-{kafka_client}-{run}", kafka_client)
+                out = timed_cpu(
+                    f"ferry_{kafka_client}",
+                    lambda c=kafka_client, r=run: ferry_backfill(base, f"bench-{c}-{r}", c),
+                )
                 samples.setdefault(f"ferry_{kafka_client}", []).append(out["msg_per_s"])
                 key = out["config"].redis.stream
                 if run == 0 and kafka_client == "confluent":
@@ -211,54 +322,117 @@ def main() -> None:
                     assert node == RECOMMENDED, f"the server runs with {node}"
                     memory["recommended_node_size_64k"] = memory_per_entry(client, key, records)
                 client.delete(key, f"{{{out['config'].name}}}:ferry:state")
-            raw_c = raw_read_confluent(services.kafka_bootstrap, topic, records)
+            raw_c = timed_cpu(
+                "raw_read_confluent",
+                lambda: raw_read_confluent(services.kafka_bootstrap, topic, records),
+            )
             samples.setdefault("raw_read_confluent", []).append(raw_c)
-            raw_k = raw_read_kafka_python(services.kafka_bootstrap, topic, records)
+            raw_k = timed_cpu(
+                "raw_read_kafka-python",
+                lambda: raw_read_kafka_python(services.kafka_bootstrap, topic, records),
+            )
             samples.setdefault("raw_read_kafka-python", []).append(raw_k)
-            samples.setdefault("raw_xadd", []).append(xadd_ceiling(services.redis_url, records))
+            xadd = timed_cpu("raw_xadd", lambda: xadd_ceiling(services.redis_url, records))
+            samples.setdefault("raw_xadd", []).append(xadd)
             print(
                 f"run {run + 1}/{runs}: "
                 + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in samples.items())
             )
-        for k, v in STOCK.items():
-            client.config_set(k, v)
-        out = ferry_backfill(base, "bench-stock", "confluent")
-        memory["stock_node_size_4k"] = memory_per_entry(client, out["config"].redis.stream, records)
-        samples["ferry_confluent_stock_node"] = [out["msg_per_s"]]
-        for k, v in RECOMMENDED.items():
-            client.config_set(k, v)
-        naive = naive_migrator(services.kafka_bootstrap, services.redis_url, topic, 2000, 15.0)
-
+        for wait in fetch_waits:  # the consumer's fetch wait: backfill rate and tail latency
+            os.environ["FERRY_FETCH_WAIT_MS"] = str(wait)
+            try:
+                out = ferry_backfill(base, f"bench-wait-{wait}", "confluent")
+                client.delete(out["config"].redis.stream, f"{{bench-wait-{wait}}}:ferry:state")
+                lat = tail_latency_ms(base, services, f"w{wait}")
+            finally:
+                del os.environ["FERRY_FETCH_WAIT_MS"]
+            results.setdefault("fetch_wait", {})[wait] = {"msg_per_s": out["msg_per_s"], **lat}
+            print(f"fetch wait {wait} ms: backfill {out['msg_per_s']:,.0f} msg/s, tail p50 "
+                  f"{lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms")  # fmt: skip
+        if services.kafka_kind == "tansu":  # memory and the naive design: broker-independent
+            for k, v in STOCK.items():
+                client.config_set(k, v)
+            out = ferry_backfill(base, "bench-stock", "confluent")
+            memory["stock_node_size_4k"] = memory_per_entry(
+                client, out["config"].redis.stream, records
+            )
+            for k, v in RECOMMENDED.items():
+                client.config_set(k, v)
+            results["naive_migrator_msg_per_s"] = naive_migrator(
+                services.kafka_bootstrap, services.redis_url, topic, 2000, 15.0
+            )
+    finally:
+        stop_services(home / "services")
     med = {k: statistics.median(v) for k, v in samples.items()}
-    mb = VALUE_BYTES + 8
-    results["samples_msg_per_s"] = samples
-    results["median_msg_per_s"] = med
-    results["median_mb_per_s"] = {k: v * mb / 1e6 for k, v in med.items()}
-    results["memory_bytes_per_entry_beyond_key_value"] = memory
-    results["naive_migrator_msg_per_s"] = naive
+    cpu_med = {
+        name: {proc: statistics.median(r[proc] for r in rows) for proc in rows[0]}
+        for name, rows in cpu.items()
+    }
+    results.update(
+        samples_msg_per_s=samples,
+        median_msg_per_s=med,
+        median_mb_per_s={k: v * (VALUE_BYTES + 8) / 1e6 for k, v in med.items()},
+        cpu_us_per_record=cpu_med,
+        memory_bytes_per_entry_beyond_key_value=memory,
+    )
     ratios = {}
     for c in ("confluent", "kafka-python"):
         slower = min(med[f"raw_read_{c}"], med["raw_xadd"])
         ratios[f"ferry_{c}_vs_slower_ceiling"] = med[f"ferry_{c}"] / slower
         ratios[f"ferry_{c}_vs_raw_read"] = med[f"ferry_{c}"] / med[f"raw_read_{c}"]
+        f, r, x = cpu_med[f"ferry_{c}"], cpu_med[f"raw_read_{c}"], cpu_med["raw_xadd"]
+        ratios[f"cpu_redis_ingest_vs_xadd_{c}"] = f["redis"] / x["redis"]
+        ratios[f"cpu_all_vs_raw_parts_{c}"] = sum(f.values()) / (
+            r["self"] + r["broker"] + x["redis"]
+        )
     ratios["ferry_confluent_vs_kafka_python"] = med["ferry_confluent"] / med["ferry_kafka-python"]
-    ratios["ferry_confluent_vs_naive"] = med["ferry_confluent"] / naive
+    if "naive_migrator_msg_per_s" in results:
+        ratios["ferry_confluent_vs_naive"] = (
+            med["ferry_confluent"] / results["naive_migrator_msg_per_s"]
+        )
     results["ratios"] = ratios
+    return results
 
-    print(f"\n{f'figure (median of {runs})':<36}{'msg/s':>12}{'MB/s':>9}")
-    for k, v in med.items():
+
+def print_broker(results: dict, runs: int) -> None:
+    mb = VALUE_BYTES + 8
+    print(f"\n== {results['broker']} ==")
+    print(f"{f'figure (median of {runs})':<36}{'msg/s':>12}{'MB/s':>9}")
+    for k, v in results["median_msg_per_s"].items():
         print(f"{k:<36}{v:>12,.0f}{v * mb / 1e6:>9.1f}")
-    print(f"{'naive migrator (postmortem design)':<36}{naive:>12,.0f}")
+    if "naive_migrator_msg_per_s" in results:
+        print(
+            f"{'naive migrator (postmortem design)':<36}{results['naive_migrator_msg_per_s']:>12,.0f}"
+        )
+    print(f"\nCPU µs per record (median){'':<10}{'own':>8}{'redis':>8}{'broker':>8}{'all':>8}")
+    for name, row in results["cpu_us_per_record"].items():
+        total = sum(row.values())
+        print(
+            f"  {name:<34}{row['self']:>8.2f}{row['redis']:>8.2f}{row['broker']:>8.2f}{total:>8.2f}"
+        )
     print("\nratios")
-    for k, v in ratios.items():
+    for k, v in results["ratios"].items():
         print(f"  {k:<40}{v:>8.2f}")
-    print("\nRedis memory per entry beyond key + value (bytes)")
-    for k, v in memory.items():
-        print(f"  {k:<40}{v:>8.1f}")
+    for k, v in results["memory_bytes_per_entry_beyond_key_value"].items():
+        print(f"  Redis memory per entry beyond key + value, {k}: {v:.1f} B")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kafka", default="tansu,apache:3.7", help="brokers, comma-separated")
+    parser.add_argument("--fetch-waits", default="5,100,500", help="fetch.wait.max.ms to sweep")
+    args = parser.parse_args()
+    waits = [int(w) for w in args.fetch_waits.split(",") if w]
+    results = {}
+    for kafka in args.kafka.split(","):
+        results[kafka] = bench_broker(kafka, args.records, args.runs, waits)
+        print_broker(results[kafka], args.runs)
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     path = out_dir / f"backfill-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
+    path.write_text(json.dumps(results, indent=2, default=str))
     print(f"\nwritten {path}")
 
 

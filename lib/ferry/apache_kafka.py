@@ -245,3 +245,10 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+if __name__ == "__main__":  # python -m ferry.apache_kafka 3.7 4.x: fetch (and cache) the jars
+    import sys
+
+    for wanted in sys.argv[1:] or [DEFAULT_VERSION]:
+        print(fetch_kafka_jars(resolve_version(wanted)))

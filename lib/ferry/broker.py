@@ -17,7 +17,7 @@ needs three workarounds, each switched on by its own trait:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ferry.config import BROKERS
 from ferry.errors import ConfigError
@@ -62,5 +62,8 @@ def broker_traits(cluster_id: str | None, declared: str = "auto") -> BrokerTrait
     if declared not in BROKERS:
         raise ConfigError(f"kafka.broker {declared!r} must be one of {', '.join(BROKERS)}")
     if declared == "tansu" or (declared == "auto" and (cluster_id or "").startswith("tansu")):
-        return TANSU
-    return APACHE
+        traits = TANSU
+    else:
+        traits = APACHE
+    wait = os.environ.get("FERRY_FETCH_WAIT_MS")  # the benchmark's sweep
+    return replace(traits, fetch_wait_ms=int(wait)) if wait else traits

@@ -17,8 +17,9 @@ def cmd_services(args: argparse.Namespace) -> int:
 
     folder = Path(args.folder).resolve() / "services" if args.folder else None
     if args.action == "up":
-        s = services.start_services(folder)
-        print(f"kafka  {s.kafka_bootstrap}  (Tansu, pid {s.kafka_pid})")
+        s = services.start_services(folder, kafka=args.kafka, kafka_version=args.kafka_version)
+        broker = "Tansu" if s.kafka_kind == "tansu" else f"Apache Kafka {s.kafka_version}, KRaft"
+        print(f"kafka  {s.kafka_bootstrap}  ({broker}, pid {s.kafka_pid})")
         print(f"redis  {s.redis_url}  ({s.redis_kind}, pid {s.redis_pid})")
         print(f"logs   {s.folder}")
     elif args.action == "down":
@@ -246,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("services", help="start, stop or show the embedded Kafka and Redis")
     s.add_argument("action", choices=("up", "down", "status"))
     s.add_argument("--folder", help="state and logs folder (default $FERRY_HOME or .ferry)")
+    s.add_argument(
+        "--kafka",
+        choices=("tansu", "apache"),
+        help="the broker: tansu (embedded, no Java; default) or apache (Apache Kafka in KRaft "
+        "mode, jars from Maven Central; needs Java 17+ and Maven). Default: $FERRY_KAFKA or tansu",
+    )
+    s.add_argument(
+        "--kafka-version",
+        help="Apache Kafka version: 3.7, 4.x or a full version such as 3.7.2 (default 3.7.2)",
+    )
     s.set_defaults(func=cmd_services)
 
     b = sub.add_parser("backfill", help="copy a topic into its stream from the frontier")

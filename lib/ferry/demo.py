@@ -43,7 +43,10 @@ def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) 
     consumer_log = logs / "consumer-processed.jsonl"
     consumer_log.unlink(missing_ok=True)
     with embedded_services(home / "services") as services:
-        print(f"services: kafka {services.kafka_bootstrap} (Tansu), {services.redis_kind} {services.redis_url}")  # fmt: skip
+        broker = (
+            "Tansu" if services.kafka_kind == "tansu" else f"Apache Kafka {services.kafka_version}"
+        )
+        print(f"services: kafka {services.kafka_bootstrap} ({broker}), {services.redis_kind} {services.redis_url}")  # fmt: skip
         seeded = seed_demo_topic(services.kafka_bootstrap, config.kafka.topic, records, partitions)
         print(f"seeded {seeded} payment events (awkward records included) into {config.kafka.topic!r}")  # fmt: skip
         traffic = _spawn(["traffic", "payments", "--rate", str(rate)], logs / "traffic.json")

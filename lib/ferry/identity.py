@@ -79,7 +79,7 @@ def check_topic_identity(
                 f"topic {info.topic!r} has no partition {p} any more, but the migration copied "
                 f"it up to offset {position}; " + REMEDY
             )
-        if position > info.high[p]:
+        if position > info.high[p] and info.exact_ends:
             raise TopicMismatchError(
                 f"partition {p} of {info.topic!r}: ferry's position is {position} but Kafka's "
                 f"end is {info.high[p]}: records ferry copied are not in Kafka any more (the "
@@ -98,3 +98,27 @@ def check_topic_identity(
                 "the migration started from (fingerprint differs): the topic was recreated; "
                 + REMEDY
             )
+
+
+def read_start_table(config) -> list[dict]:
+    """Per partition: where the migration started and how that offset was found, with the
+    start rule and its target time as armed (what step 03 shows)."""
+    from ferry.ingest import migration_keys, read_state
+    from ferry.redis_target import connect_redis
+
+    client = connect_redis(config)
+    keys = migration_keys(config)
+    armed = read_armed_topic(client, keys)
+    _, frontiers = read_state(client, keys)
+    return [
+        {
+            "partition": p,
+            "start": start,
+            "found": armed.start_found.get(p, ""),
+            "position": frontiers.get(p, start - 1) + 1,
+            "start_rule": armed.start_rule or "",
+            "start_ts": armed.start_ts,
+            "topic_id": armed.topic_id or "(fingerprints)",
+        }
+        for p, start in sorted(armed.starts.items())
+    ]

@@ -14,6 +14,7 @@ from ferry.entries import KafkaRecord
 from ferry.errors import ConfigError
 
 CONNECT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 15.0  # how long a fetch probe waits for a partition's end (Tansu only)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class TopicInfo:
     cleanup_policy: str
     retention_ms: int | None
     topic_id: str | None = None  # Kafka's topic ID (2.8+), None where the broker has none
+    exact_ends: bool = True  # False: ``high`` is a best guess (a probe got no answer)
 
     @property
     def compacted(self) -> bool:
@@ -45,6 +47,8 @@ class KafkaSource(Protocol):
     def describe_topic(self) -> TopicInfo: ...
 
     def read_watermarks(self) -> tuple[tuple[int, ...], dict[int, int], dict[int, int]]: ...
+
+    def list_partitions(self) -> tuple[int, ...]: ...
 
     def offsets_for_time(self, timestamp_ms: int) -> dict[int, int]: ...
 

@@ -336,6 +336,8 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
 def _add_new_partitions(config, source, target, keys, info, pos) -> list[int]:
     """Partitions created while the mirror follows: armed at their first offset, then read."""
     try:
+        if all(p in pos for p in source.list_partitions()):
+            return []
         partitions, low, _ = source.read_watermarks()
     except FerryError:
         return []  # a metadata hiccup; the next check sees them

@@ -17,13 +17,18 @@ def generate_traffic(
     seconds: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     seed: int = 1,
+    linger_ms: int = 50,
 ) -> dict:
     """Send payment events at ``rate`` msg/s until ``seconds`` pass or ``should_stop()``;
-    returns the writer's counts. It sends through every phase the way the phase says."""
+    returns the writer's counts. It sends through every phase the way the phase says.
+
+    ``linger_ms`` batches like a busy application's producer: Tansu's reads of history slow
+    down with every batch it holds (after a minute of 1-2 record batches at 300 msg/s a
+    reader gets a few hundred records a second), so the generator does not make tiny ones."""
     from ferry.dualwriter import DualWriter
 
     rng = random.Random(seed)
-    writer = DualWriter(config, poll_interval_s=0.1)
+    writer = DualWriter(config, poll_interval_s=0.1, producer_settings={"linger.ms": linger_ms})
     began = time.monotonic()
     sent = 0
     try:

@@ -1,8 +1,9 @@
 """Integration fixtures: real services, one stack per (Kafka broker, Redis server) pair.
 
-``FERRY_TEST_KAFKA`` picks the brokers every test body runs against (default ``tansu``;
-``make test`` and CI run ``tansu,apache:3.7,apache:4.x``), ``FERRY_TEST_REDIS`` the Redis
-servers (default ``redis,valkey``). A kind that cannot start fails the run, it is never
+``FERRY_TEST_KAFKA`` picks the brokers every test body runs against (default ``tansu``),
+``FERRY_TEST_REDIS`` the Redis servers (default ``redis,valkey``), every pair of the two;
+``FERRY_TEST_STACKS`` names the pairs instead (``make test`` runs Tansu and Apache Kafka 3.7
+on both servers, Kafka 4.x on redis-server). A kind that cannot start fails the run, it is never
 skipped; a test that needs what one broker lacks says so with ``requires_broker`` and is
 skipped on that broker with the reason.
 """
@@ -28,7 +29,10 @@ def _kinds(var: str, default: str) -> list[str]:
 
 KAFKA_KINDS = _kinds("FERRY_TEST_KAFKA", "tansu")
 REDIS_KINDS = _kinds("FERRY_TEST_REDIS", "redis,valkey")
-STACKS = [(k, r) for k in KAFKA_KINDS for r in REDIS_KINDS]
+# FERRY_TEST_STACKS lists pairs explicitly (``tansu/redis,apache:4.x/valkey``) instead
+STACKS = [tuple(s.split("/", 1)) for s in _kinds("FERRY_TEST_STACKS", "")] or [
+    (k, r) for k in KAFKA_KINDS for r in REDIS_KINDS
+]
 _counter = itertools.count()
 
 
