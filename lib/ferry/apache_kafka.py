@@ -241,10 +241,14 @@ def broker_command(
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding."""
+    """A KRaft cluster id: 16 random bytes, base64url without padding, never starting with
+    '-' (the storage tool would read it as an option: 1 start in 64 failed that way)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if cluster_id[0].isalnum():
+            return cluster_id
 
 
 if __name__ == "__main__":  # python -m ferry.apache_kafka 3.7 4.x: fetch (and cache) the jars

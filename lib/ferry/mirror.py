@@ -40,6 +40,7 @@ WRITERS = 2
 LIVE_SLACK = 10_000  # offsets below (end at start - this) are settled history
 GAP_RECHECK_S = 0.2
 TOPIC_CHECK_S = 5.0  # how often a following mirror looks for new partitions
+FOLLOW_WAIT_S = 0.01  # a caught-up mirror's read wait (the client's own fetch wait still applies)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
         if active:
             source.assign({p: pos[p] for p in active})
         next_lag = next_topic_check = 0.0
+        wait_s = 0.2
         while (follow or len(done) < len(info.partitions)) and not should_stop():
             if shared.error is not None:
                 break
@@ -252,7 +254,10 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
                     generation.update(dict.fromkeys(added, 0))
                     live_from.update({p: -1 for p in added})
             seeked = _apply_refusals(source, shared, pos, generation)
-            records = source.poll_records(config.batch_size * 4, 0.2)
+            records = source.poll_records(config.batch_size * 4, wait_s)
+            # caught up (a short read) and following: wait briefly, so a new record is
+            # written within a few ms instead of after a full read timeout
+            wait_s = FOLLOW_WAIT_S if follow and len(records) < config.batch_size * 4 else 0.2
             if not records and not follow:
                 _mark_done_by_position(source, pos, ends, done, info.partitions)
             by_partition: dict[int, list] = {}
