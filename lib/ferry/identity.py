@@ -100,6 +100,21 @@ def check_topic_identity(
             )
 
 
+def check_source(
+    client: redis.Redis, keys: MigrationKeys, source, info: TopicInfo, frontiers: dict[int, int]
+) -> ArmedTopic:
+    """Every verb's first check on an armed migration: the topic is the one armed and no
+    position is past its end. Returns what arming recorded."""
+    from ferry.positions import read_record_at
+
+    armed = read_armed_topic(client, keys)
+    if frontiers:
+        check_topic_identity(
+            armed, info, frontiers, lambda p, o: read_record_at(source, p, o, info.high[p])
+        )
+    return armed
+
+
 def read_start_table(config) -> list[dict]:
     """Per partition: where the migration started and how that offset was found, with the
     start rule and its target time as armed (what step 03 shows)."""

@@ -17,7 +17,7 @@ import redis
 
 from ferry.config import StreamConfig
 from ferry.errors import FerryError, IntegrityError, OffsetRangeError
-from ferry.identity import check_topic_identity, fingerprint, read_armed_topic
+from ferry.identity import check_source, fingerprint
 from ferry.ingest import (
     ArmRequest,
     Ingestor,
@@ -134,18 +134,21 @@ def check_resumable(info: TopicInfo, frontiers: dict[int, int]) -> None:
             )
 
 
-def check_source(config, source, target, info: TopicInfo) -> None:
-    """Every verb's first check: the topic is the one armed and no position is past its end."""
-    keys = migration_keys(config)
-    _, frontiers = read_state(target, keys)
-    if not frontiers:
-        return
-    armed = read_armed_topic(target, keys)
-    check_topic_identity(
-        armed,
-        info,
-        frontiers,
-        lambda p, o: read_record_at(source, p, o, info.high[p]),
+def arm_added_partitions(config, target, keys, firsts: dict[int, int]) -> None:
+    """Arm partitions created after the migration was armed, at their first offset; their
+    start is recorded as ``added`` (validation expects the log start for them)."""
+    arm_migration(
+        target,
+        keys,
+        ArmRequest(
+            topic=config.kafka.topic,
+            topic_id=None,  # already recorded; arming checks nothing new against it
+            start_rule=config.start.describe(),
+            start_ts=None,
+            starts=firsts,
+            found=dict.fromkeys(firsts, "added"),
+            fingerprints={},
+        ),
     )
 
 
@@ -173,14 +176,14 @@ def backfill(
     try:
         info = source.describe_topic()
         keys = migration_keys(config)
-        check_source(config, source, target, info)
         starts, frontiers = read_state(target, keys)
+        check_source(target, keys, source, info, frontiers)
         if not starts:
             arm_migration(target, keys, plan_arming(config, source, info))
             starts, frontiers = read_state(target, keys)
         elif any(p not in starts for p in info.partitions):  # added since: from their first offset
             new = {p: info.low[p] for p in info.partitions if p not in starts}
-            arm_migration(target, keys, config.kafka.topic, new)
+            arm_added_partitions(config, target, keys, new)
             starts, frontiers = read_state(target, keys)
         check_resumable(info, frontiers)
         return _run(
@@ -349,7 +352,7 @@ def _add_new_partitions(config, source, target, keys, info, pos) -> list[int]:
     new = [p for p in partitions if p not in pos]
     if not new:
         return []
-    arm_migration(target, keys, config.kafka.topic, {p: low[p] for p in new})
+    arm_added_partitions(config, target, keys, {p: low[p] for p in new})
     _, frontiers = read_state(target, keys)
     for p in new:
         pos[p] = frontiers[p] + 1

@@ -13,13 +13,12 @@ and finds that record itself.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ferry.config import StartPosition
 from ferry.entries import KafkaRecord
-from ferry.errors import ConfigError, KafkaError
+from ferry.errors import ConfigError
 
 # a start this far in the future is a mistake, not clock skew between hosts
 FUTURE_SLACK_MS = 60_000
@@ -71,34 +70,13 @@ def choose_start(
     return StartChoice(high, "end") if found is None else StartChoice(found, "scan")
 
 
-def read_partition_range(
-    source, partition: int, first: int, end: int, timeout_s: float = 30.0
-) -> Iterable[KafkaRecord]:
+def read_partition_range(source, partition: int, first: int, end: int) -> Iterable[KafkaRecord]:
     """The records of ``partition`` in ``[first, end)`` in order, read with ``source``."""
-    if first >= end:
-        return
-    source.assign({partition: first})
-    last_progress = time.monotonic()
-    while True:
-        records = source.poll_records(10_000, 0.2)
-        for record in records:
-            if record.partition != partition:
-                continue
-            if record.offset >= end:
-                return
-            last_progress = time.monotonic()
-            yield record
-        if source.position(partition) >= end:
-            return
-        if not records and time.monotonic() - last_progress > timeout_s:
-            raise KafkaError(
-                f"partition {partition}: no record between offsets {first} and {end} arrived "
-                f"within {timeout_s:.0f}s"
-            )
+    from ferry.validate import read_kafka_range
+
+    return read_kafka_range(source, {partition: (first, end - 1)})
 
 
-def read_record_at(source, partition: int, offset: int, high: int, timeout_s: float = 30.0):
+def read_record_at(source, partition: int, offset: int, high: int):
     """The first record of ``partition`` at or after ``offset``, or None past ``high``."""
-    for record in read_partition_range(source, partition, offset, high, timeout_s):
-        return record
-    return None
+    return next(iter(read_partition_range(source, partition, offset, high)), None)

@@ -268,8 +268,7 @@ def validate_stream(
     log start where Kafka deleted records after the copy; from ``since[p]`` when given, to
     check a window of live traffic). Reads Kafka with the client the mirror did not use
     unless ``client`` says otherwise."""
-    from ferry.identity import check_topic_identity, read_armed_topic
-    from ferry.positions import read_record_at
+    from ferry.identity import check_source
 
     began = time.monotonic()
     target = connect_redis(config)
@@ -282,10 +281,7 @@ def validate_stream(
     source = open_source(config, client or other_client(config))
     try:
         info = source.describe_topic()
-        armed = read_armed_topic(target, keys)
-        check_topic_identity(
-            armed, info, frontiers, lambda p, o: read_record_at(source, p, o, info.high[p])
-        )
+        armed = check_source(target, keys, source, info, frontiers)
         if armed.start_rule is not None and armed.start_rule != config.start.describe():
             raise FerryError(
                 f"stream {config.name!r}: the config's start rule is {config.start.describe()!r} "
