@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka import errors as kerr
@@ -267,13 +268,26 @@ def _config_values(result, topic: str) -> dict[str, str]:
     return entries
 
 
+SASL_SENT = "sasl: credentials sent"
+SASL_ANSWERED = "sasl: broker answered"
+
+
 class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
+    """Warnings and worse, plus the SASL exchange's requests and responses (debug records of
+    the connection logger, which show whether the broker hung up mid-authentication)."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages = messages
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            self.messages.append(message[:500])
+        elif "Request" in message[:200] and "SaslAuthenticateRequest" in message[:300]:
+            self.messages.append(SASL_SENT)  # not the message: it carries the client's proof
+        elif "SaslAuthenticateResponse" in message[:300]:
+            self.messages.append(SASL_ANSWERED)
 
 
 @contextmanager
@@ -281,15 +295,27 @@ def _connect_log(seen: list[str]) -> Iterator[None]:
     """Collect what kafka-python logs while connecting into ``seen`` (it reports
     authentication and TLS failures only there), kept off stderr."""
     logger = logging.getLogger("kafka")
-    handler = _Collect()
-    handler.messages = seen
+    connection = logging.getLogger("kafka.net.connection")
+    handler = _Collect(seen)
     logger.addHandler(handler)
     propagate, logger.propagate = logger.propagate, False
+    level = connection.level
+    connection.setLevel(logging.DEBUG)
     try:
         yield
     finally:
+        connection.setLevel(level)
         logger.removeHandler(handler)
         logger.propagate = propagate
+
+
+def _hung_up_during_sasl(seen: list[str]) -> bool:
+    """The broker closed the connection right after the client sent its credentials: how
+    Apache Kafka (sometimes) answers a wrong password, without an error response."""
+    for before, after in pairwise(seen):
+        if before == SASL_SENT and "disconnected" in after:
+            return True
+    return False
 
 
 def _connect_failure(bootstrap: str, exc: Exception, seen: list[str]) -> str:
@@ -308,4 +334,11 @@ def _connect_failure(bootstrap: str, exc: Exception, seen: list[str]) -> str:
         for message in reversed(seen):
             if any(n in message.lower() for n in needles):
                 return f"cannot use Kafka at {bootstrap}: {cause}: {message.splitlines()[0][:300]}"
-    return f"cannot reach Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
+    if _hung_up_during_sasl(seen):
+        return (
+            f"cannot use Kafka at {bootstrap}: {causes[0][1]}: the broker closed the "
+            "connection each time after the credentials were sent"
+        )
+    last = next((m for m in reversed(seen) if "connection failed" in m.lower()), None)
+    detail = f" (last connection failure: {last.splitlines()[0][:300]})" if last else ""
+    return f"cannot reach Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}{detail}"

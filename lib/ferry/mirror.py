@@ -174,9 +174,11 @@ def backfill(
     check_target(target)
     source = open_source(config, client)
     try:
-        info = source.describe_topic()
         keys = migration_keys(config)
+        # Positions before ends: a dual-writer moves positions on while we look, and an end
+        # read first could be older than a position read after it.
         starts, frontiers = read_state(target, keys)
+        info = source.describe_topic()
         check_source(target, keys, source, info, frontiers)
         if not starts:
             arm_migration(target, keys, plan_arming(config, source, info))

@@ -114,11 +114,16 @@ class Mirror:
         self.thread.start()
 
     def _run(self, config):
-        self.result["summary"] = backfill(
-            config, follow=True, progress=False, should_stop=self.stop.is_set
-        )
+        try:
+            self.result["summary"] = backfill(
+                config, follow=True, progress=False, should_stop=self.stop.is_set
+            )
+        except BaseException as exc:  # handed to close(): a mirror that died fails its test
+            self.result["error"] = exc
 
     def close(self):
         self.stop.set()
         self.thread.join(timeout=60)
         assert not self.thread.is_alive()
+        if "error" in self.result:
+            raise AssertionError(f"the following mirror died: {self.result['error']!r}")

@@ -86,6 +86,45 @@ def test_dual_writer_lands_every_record_exactly_once_beside_the_mirror(make_stre
     )
 
 
+def test_mirror_starting_while_a_writer_lands_records_is_not_refused(
+    make_stream, redis_client, monkeypatch
+):
+    """A mirror (re)starting in dual-write looks at Kafka's ends while writers move positions
+    on: whatever it reads in between must not look like positions beyond Kafka's end."""
+    import ferry.mirror
+
+    stream = make_stream(list(payment_events(300, 2)), partitions=2)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+    opened = ferry.mirror.open_source
+
+    def open_source_racing_a_writer(*args, **kwargs):
+        source = opened(*args, **kwargs)
+        describe = source.describe_topic
+
+        def describe_then_write():
+            info = describe()
+            for i in range(40):  # lands in Redis at offsets past the ends just read
+                writer.send(b"live %d" % i, partition=i % 2)
+            writer.flush()
+            return info
+
+        source.describe_topic = describe_then_write
+        return source
+
+    monkeypatch.setattr(ferry.mirror, "open_source", open_source_racing_a_writer)
+    try:
+        summary = backfill(stream.config, progress=False)
+    finally:
+        writer.close()
+    assert writer.counts.written_redis > 0  # the race happened: positions moved on
+    print("mirror after the race:", summary)
+    monkeypatch.undo()
+    assert validate_stream(stream.config).ok
+
+
 def test_writer_missing_the_handshake_blocks_cutover_and_it_aborts_cleanly(
     make_stream, redis_client
 ):
