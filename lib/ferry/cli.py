@@ -45,9 +45,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     config = load_config(args.stream)
     should_stop = stop_on(signal.SIGTERM, *([signal.SIGINT] if args.follow else []))
-    on_batch = on_lag = None
+    on_batch = on_lag = on_fault = None
     if args.metrics_port:
-        on_batch, on_lag = serve_mirror_metrics(args.metrics_port, config.name)
+        on_batch, on_lag, on_fault = serve_mirror_metrics(args.metrics_port, config.name)
     if args.follow:
         on_lag = heartbeat_on_lag(config, on_lag)
     summary = backfill(
@@ -58,6 +58,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         should_stop=should_stop,
         on_batch=on_batch,
         on_lag=on_lag,
+        on_redis_fault=on_fault,
     )
     print(json.dumps(summary.as_json()))
     return 0
@@ -65,14 +66,22 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def heartbeat_on_lag(config, then):
     """A follow mirror heartbeats (with its lag) so the runbook can tell it is live."""
+    import redis
+
     from ferry.follower import beat
     from ferry.ingest import migration_keys
     from ferry.redis_target import connect_redis
 
-    client, keys = connect_redis(config), migration_keys(config)
+    keys = migration_keys(config)
+    client: list = []
 
     def on_lag(values: dict[int, int]) -> None:
-        beat(client, keys, values)
+        try:  # a beat missed while Redis is away is the signal that something is wrong
+            if not client:
+                client.append(connect_redis(config))
+            beat(client[0], keys, values)
+        except (redis.RedisError, FerryError):
+            pass
         if then is not None:
             then(values)
 
@@ -90,6 +99,11 @@ def serve_mirror_metrics(port: int, stream: str):
         "records Kafka holds beyond what the mirror read",
         ["stream", "partition"],
     )
+    waiting = Gauge("ferry_redis_waiting", "1 while the mirror waits out a Redis fault", ["stream"])
+    faults = Counter(
+        "ferry_redis_fault_retries", "calls made again after a transient Redis fault", ["stream"]
+    )
+    seen = {"waits": 0}
     start_http_server(port, addr="127.0.0.1")
 
     def on_batch(partition: int, offset: int, appended: int) -> None:
@@ -100,7 +114,12 @@ def serve_mirror_metrics(port: int, stream: str):
         for partition, value in values.items():
             lag.labels(stream, str(partition)).set(value)
 
-    return on_batch, on_lag
+    def on_fault(state) -> None:
+        waiting.labels(stream).set(1 if state.cause else 0)
+        faults.labels(stream).inc(state.waits - seen["waits"])
+        seen["waits"] = state.waits
+
+    return on_batch, on_lag, on_fault
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -345,11 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    import redis
+
+    from ferry.redis_faults import describe_permanent, transient_cause
+
     args = build_parser().parse_args(argv)
+    faults = logging.getLogger("ferry.redis")  # the mirror's waits for Redis, one line each
+    if not faults.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ferry: %(asctime)s %(message)s"))
+        faults.addHandler(handler)
+        faults.setLevel(logging.INFO)
     try:
         return args.func(args)
     except FerryError as exc:
         print(f"ferry: error: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:  # a Redis fault outside the paths that wait them out
+        cause = transient_cause(exc) or describe_permanent(exc, None)
+        print(f"ferry: error: {cause}: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)

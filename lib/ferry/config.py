@@ -110,6 +110,7 @@ class RedisSettings:
     username: SecretRef | None = None
     password: SecretRef | None = None
     persistence: str = "any"  # what preflight demands: any | aof | rdb | none
+    fault_deadline_ms: int = 120_000  # how long a one-shot run waits out a Redis fault
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,9 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
         username=r.secret("username"),
         password=r.secret("password"),
         persistence=r.get("persistence", str, "any", PERSISTENCE),
+        fault_deadline_ms=parse_duration_ms(
+            r.get("fault_deadline", str, "2m"), f"{source}: redis.fault_deadline"
+        ),
     )
     r.finish()
     top.used.add("start")

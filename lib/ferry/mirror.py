@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import redis
 
 from ferry.config import StreamConfig
-from ferry.errors import FerryError, IntegrityError, OffsetRangeError
+from ferry.errors import FerryError, IntegrityError, OffsetRangeError, RedisTargetError
 from ferry.identity import check_source, fingerprint
 from ferry.ingest import (
     ArmRequest,
@@ -29,6 +29,7 @@ from ferry.ingest import (
 )
 from ferry.kafka_source import KafkaSource, TopicInfo, open_source
 from ferry.positions import choose_start, read_record_at, start_timestamp
+from ferry.redis_faults import FaultState, describe_permanent, ride_out, transient_cause
 from ferry.redis_target import check_target, connect_redis
 
 PIPELINE_BATCHES = 4
@@ -94,6 +95,7 @@ class _Shared:
     nbytes: int = 0
     refused_batches: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    faults: FaultState = field(default_factory=FaultState)
 
 
 def plan_arming(config: StreamConfig, source: KafkaSource, info: TopicInfo) -> ArmRequest:
@@ -161,6 +163,7 @@ def backfill(
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int, int, int], None] | None = None,
     on_lag: Callable[[dict[int, int]], None] | None = None,
+    on_redis_fault: Callable[[FaultState], None] | None = None,
 ) -> BackfillSummary:
     """Copy the topic from the configured start (or the frontier) into the stream.
 
@@ -169,33 +172,69 @@ def backfill(
     appended)`` is called from a writer thread after every accepted batch; ``on_lag(lag)``
     about once a second with each partition's records between what was read and the end
     the latest fetch reported.
+
+    Transient Redis faults are waited out (see :mod:`ferry.redis_faults`): for ever with
+    ``follow``, else up to ``redis.fault_deadline``; ``on_redis_fault(state)`` is told when
+    a wait starts, changes cause or ends.
     """
-    target = connect_redis(config)
-    check_target(target)
+    keys = migration_keys(config)
+    rides = _Rides(config, follow, should_stop, on_redis_fault)
+
+    def prepare():
+        target = connect_redis(config)
+        check_target(target)
+        return target, read_state(target, keys)
+
+    # Positions before ends: a dual-writer moves positions on while we look, and an end
+    # read first could be older than a position read after it.
+    target, (starts, frontiers) = rides.call(prepare)
     source = open_source(config, client)
     try:
-        keys = migration_keys(config)
-        # Positions before ends: a dual-writer moves positions on while we look, and an end
-        # read first could be older than a position read after it.
-        starts, frontiers = read_state(target, keys)
         info = source.describe_topic()
-        check_source(target, keys, source, info, frontiers)
+        rides.call(lambda: check_source(target, keys, source, info, frontiers))
         if not starts:
-            arm_migration(target, keys, plan_arming(config, source, info))
-            starts, frontiers = read_state(target, keys)
+            plan = plan_arming(config, source, info)
+            starts, frontiers = rides.call(lambda: _armed(target, keys, plan))
         elif any(p not in starts for p in info.partitions):  # added since: from their first offset
             new = {p: info.low[p] for p in info.partitions if p not in starts}
-            arm_added_partitions(config, target, keys, new)
-            starts, frontiers = read_state(target, keys)
+            rides.call(lambda: arm_added_partitions(config, target, keys, new))
+            starts, frontiers = rides.call(lambda: read_state(target, keys))
         check_resumable(info, frontiers)
         return _run(
-            config, source, target, info, frontiers, follow, progress, should_stop, on_batch, on_lag
+            config, source, target, info, frontiers, follow, progress, rides, on_batch, on_lag
         )
     finally:
         source.close()
 
 
-def _run(config, source, target, info, frontiers, follow, progress, should_stop, on_batch, on_lag):
+def _armed(target, keys, plan: ArmRequest):
+    arm_migration(target, keys, plan)  # idempotent: arming an armed partition keeps its start
+    return read_state(target, keys)
+
+
+class _Rides:
+    """One run's way through Redis faults: the deadline, the stop signal and one state."""
+
+    def __init__(self, config: StreamConfig, follow: bool, should_stop, on_state) -> None:
+        self.deadline_s = None if follow else config.redis.fault_deadline_ms / 1000
+        self.should_stop = should_stop
+        self.on_state = on_state
+        self.state = FaultState()
+        self.user = config.redis.username.resolve() if config.redis.username else None
+
+    def call(self, fn):
+        return ride_out(
+            fn,
+            deadline_s=self.deadline_s,
+            state=self.state,
+            on_state=self.on_state,
+            user=self.user,
+            should_stop=self.should_stop,
+        )
+
+
+def _run(config, source, target, info, frontiers, follow, progress, rides, on_batch, on_lag):
+    should_stop = rides.should_stop
     keys = migration_keys(config)
     traits = source.traits
     gaps_allowed = info.compacted or config.kafka.transactional
@@ -225,14 +264,17 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
     queues: list[queue.Queue[_Batch | None]] = [
         queue.Queue(maxsize=QUEUE_BATCHES) for _ in range(WRITERS)
     ]
-    ingestor = Ingestor(target, keys)
+    ingestor = rides.call(lambda: Ingestor(target, keys))
     writers = [
-        threading.Thread(target=_write_loop, args=(ingestor, q, shared, bar, on_batch), daemon=True)
+        threading.Thread(
+            target=_write_loop, args=(ingestor, q, shared, bar, on_batch, rides), daemon=True
+        )
         for q in queues
     ]
 
     def enqueue(p: int, chunk: list, read_to: int) -> None:
-        _enqueue(queues[p % WRITERS], shared, ingestor, p, generation[p], pos[p], chunk, read_to)
+        batch = _make_batch(ingestor, p, generation[p], pos[p], chunk, read_to)
+        _put(queues[p % WRITERS], shared, batch, should_stop)
         pos[p] = read_to
 
     started = time.monotonic()
@@ -253,7 +295,7 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
                 on_lag(_read_lag(source, pos, active))
             if follow and now >= next_topic_check:
                 next_topic_check = now + TOPIC_CHECK_S
-                added = _add_new_partitions(config, source, target, keys, info, pos)
+                added = _add_new_partitions(config, source, target, keys, info, pos, rides)
                 if added:
                     active += added
                     generation.update(dict.fromkeys(added, 0))
@@ -328,7 +370,7 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
             bar.close()
     if shared.error is not None:
         raise shared.error
-    _, frontiers = read_state(target, keys)
+    _, frontiers = rides.call(lambda: read_state(target, keys))
     return BackfillSummary(
         stream=config.name,
         client=source.client_name,
@@ -343,7 +385,7 @@ def _run(config, source, target, info, frontiers, follow, progress, should_stop,
     )
 
 
-def _add_new_partitions(config, source, target, keys, info, pos) -> list[int]:
+def _add_new_partitions(config, source, target, keys, info, pos, rides) -> list[int]:
     """Partitions created while the mirror follows: armed at their first offset, then read."""
     try:
         if all(p in pos for p in source.list_partitions()):
@@ -354,8 +396,12 @@ def _add_new_partitions(config, source, target, keys, info, pos) -> list[int]:
     new = [p for p in partitions if p not in pos]
     if not new:
         return []
-    arm_added_partitions(config, target, keys, {p: low[p] for p in new})
-    _, frontiers = read_state(target, keys)
+
+    def arm():
+        arm_added_partitions(config, target, keys, {p: low[p] for p in new})
+        return read_state(target, keys)
+
+    _, frontiers = rides.call(arm)
     for p in new:
         pos[p] = frontiers[p] + 1
     source.add_partitions({p: pos[p] for p in new})
@@ -418,22 +464,18 @@ def _mark_done_by_position(source, pos, ends, done, partitions) -> None:
             source.pause([p])
 
 
-def _enqueue(work, shared, ingestor, p, gen, read_from, chunk, read_to) -> None:
+def _make_batch(ingestor, p, gen, read_from, chunk, read_to) -> _Batch:
     nbytes = 0
     for r in chunk:
         nbytes += len(r.value or b"") + len(r.key or b"")
-    batch = _Batch(
-        p,
-        gen,
-        read_from,
-        ingestor.batch_args(p, read_from, chunk, read_to),
-        len(chunk),
-        nbytes,
-        read_to - read_from,
-    )
-    while True:
-        if shared.error is not None:
-            return
+    args = ingestor.batch_args(p, read_from, chunk, read_to)
+    return _Batch(p, gen, read_from, args, len(chunk), nbytes, read_to - read_from)
+
+
+def _put(work, shared, batch, should_stop) -> None:
+    """Queue ``batch`` for its writer; give up when the run ends (a writer failed, or the
+    run is told to stop while the writer waits for Redis)."""
+    while shared.error is None and not should_stop():
         try:
             work.put(batch, timeout=0.5)
             return
@@ -457,7 +499,19 @@ def _apply_refusals(source, shared, pos, generation) -> set[int]:
     return seeked
 
 
-def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_batch) -> None:
+def _send(ingestor: Ingestor, batches: list[_Batch]) -> list:
+    """One round trip; a transient fault in any reply is raised, so the whole round is
+    made again (the ingest script skips what an earlier attempt already wrote)."""
+    replies = ingestor.call_many([(b.partition, b.args) for b in batches])
+    for reply in replies:
+        if isinstance(reply, redis.RedisError) and transient_cause(reply) is not None:
+            raise reply
+    return replies
+
+
+def _write_loop(
+    ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_batch, rides: _Rides
+) -> None:
     try:
         finished = False
         while not finished:
@@ -472,12 +526,10 @@ def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_
                 finished = True
             if not batches:
                 continue
-            replies = ingestor.call_many([(b.partition, b.args) for b in batches])
+            replies = rides.call(lambda batches=batches: _send(ingestor, batches))
             for b, reply in zip(batches, replies, strict=True):
-                if isinstance(reply, redis.ResponseError):
-                    raise script_error(reply)
                 if isinstance(reply, Exception):
-                    raise reply
+                    raise _batch_error(b, reply, rides.user)
                 result = parse_reply(b.partition, reply)
                 if result.refused:
                     with shared.lock:
@@ -494,3 +546,14 @@ def _write_loop(ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_
                     on_batch(b.partition, result.frontier, result.appended)
     except BaseException as exc:  # surfaced by the reader thread
         shared.error = exc
+
+
+def _batch_error(batch: _Batch, reply: Exception, user: str | None) -> Exception:
+    error = script_error(reply) if isinstance(reply, redis.ResponseError) else reply
+    if isinstance(error, FerryError):
+        return error
+    first = batch.read_from
+    return RedisTargetError(
+        f"partition {batch.partition}, batch from offset {first}: "
+        + describe_permanent(error, user)
+    )

@@ -1,0 +1,225 @@
+"""Redis faults under a running mirror, on a Redis server of the stack's kind that each test
+starts, stops and reconfigures itself: restarts, OOM, killed connections, ACL denials,
+deadlines. Every scenario ends with the stream checked record by record against Kafka."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from ferry.config import parse_config
+from ferry.mirror import backfill
+from ferry.seed import SeedRecord, produce_records
+from ferry.services import _spawn, _wait_ready, free_port, probe_redis
+from ferry.validate import validate_stream
+
+from .helpers import Mirror, by_partition, ferry_cli, read_kafka_raw, read_redis_records
+
+
+class OwnRedis:
+    """A Redis server of the stack's kind on its own port and folder, with an AOF fsynced on
+    every write, so a kill loses nothing and a restart brings the same data back."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder, self.port = binary, folder, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(self.folder), "--save", "", "--daemonize", "no"]
+        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        args += ["--maxmemory-policy", "noeviction"]
+        self.proc = _spawn(args, self.folder / "redis.log")
+        _wait_ready(
+            "own redis", self.proc, lambda: probe_redis(self.url), self.folder / "redis.log"
+        )
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def own_redis(services, tmp_path):
+    server = OwnRedis(services.redis_binary, tmp_path)
+    server.start()
+    yield server
+    if server.proc.poll() is None:
+        server.kill()
+
+
+def on_own_redis(stream, server: OwnRedis, **redis_extra):
+    doc = {**stream.doc, "redis": {"url": server.url, **redis_extra}}
+    return doc, parse_config(doc, "<own redis>")
+
+
+def seed(n: int, partitions: int, start: int = 0) -> list[SeedRecord]:
+    return [
+        SeedRecord(i % partitions, b"k%d" % i, b"v%d" % i, (), 1_700_000_000_000 + i)
+        for i in range(start, start + n)
+    ]
+
+
+def assert_exact(config, client: redis.Redis, bootstrap: str, partitions: int) -> None:
+    kafka = read_kafka_raw(bootstrap, config.kafka.topic, partitions)
+    stream = by_partition(r for _, r in read_redis_records(client, config.redis.stream))
+    assert stream == kafka
+    report = validate_stream(config)
+    assert report.ok, report.failures()
+
+
+def wait_until(predicate, what: str, timeout_s: float = 60.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return
+        done.wait(0.05)  # polling a condition, bounded by timeout_s
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def frontier_total(client: redis.Redis, config) -> int:
+    from ferry.ingest import migration_keys, read_state
+
+    try:
+        return sum(f + 1 for f in read_state(client, migration_keys(config))[1].values())
+    except redis.RedisError:
+        return -1
+
+
+def test_follow_mirror_rides_out_a_redis_restart(make_stream, own_redis, services, caplog):
+    caplog.set_level(logging.INFO, logger="ferry.redis")
+    stream = make_stream(seed(600, 2), partitions=2)
+    _, config = on_own_redis(stream, own_redis)
+    client = own_redis.client()
+    mirror = Mirror(config)
+    try:
+        wait_until(lambda: frontier_total(client, config) == 600, "the first 600 records")
+        own_redis.kill()  # while following: connection lost, then refused
+        produce_records(services.kafka_bootstrap, config.kafka.topic, seed(400, 2, start=600))
+        wait_until(lambda: "waiting for Redis" in caplog.text, "the mirror to notice")
+        own_redis.start()  # loads its AOF (LOADING while it does), then takes writes again
+        wait_until(lambda: frontier_total(client, config) == 1000, "the mirror to catch up")
+        assert mirror.thread.is_alive()  # it waited; it never exited
+    finally:
+        mirror.close()
+    assert "Redis is back" in caplog.text
+    assert_exact(config, client, services.kafka_bootstrap, 2)
+
+
+def test_out_of_memory_is_waited_out(make_stream, own_redis, services):
+    stream = make_stream(seed(3000, 3), partitions=3)
+    _, config = on_own_redis(stream, own_redis)
+    client = own_redis.client()
+    used = client.info("memory")["used_memory"]
+    client.config_set("maxmemory", used + 64 * 1024)  # room for a few batches, not 3000 records
+    states = []
+    waiting = threading.Event()
+
+    def on_fault(state):
+        states.append(state.cause)
+        if state.cause and "out of memory" in state.cause:
+            waiting.set()
+
+    result = {}
+    run = threading.Thread(
+        target=lambda: result.update(
+            summary=backfill(config, progress=False, on_redis_fault=on_fault)
+        )
+    )
+    run.start()
+    try:
+        assert waiting.wait(60), f"the mirror never waited for memory: {states}"
+        assert run.is_alive()
+        client.config_set("maxmemory", 0)  # the operator adds memory
+    finally:
+        run.join(timeout=120)
+    assert result["summary"].complete
+    assert states[-1] is None  # the wait ended
+    assert_exact(config, client, services.kafka_bootstrap, 3)
+
+
+def test_killed_connections_mid_pipeline_are_retried(make_stream, own_redis, services):
+    stream = make_stream(seed(20_000, 4), partitions=4)
+    _, config = on_own_redis(stream, own_redis, fault_deadline="60s")
+    config = dataclasses.replace(config, batch_size=50)  # many round trips
+    killer = own_redis.client()
+    kills = []
+    result = {}
+    run = threading.Thread(target=lambda: result.update(summary=backfill(config, progress=False)))
+    run.start()
+    stop = threading.Event()
+    while run.is_alive() and not stop.wait(0.02):  # kill every 20 ms while the copy runs
+        kills.append(killer.client_kill_filter(_type="normal", skipme=True))
+    run.join(timeout=120)
+    assert sum(kills) > 0, "no connection was killed: the test proved nothing"
+    assert result["summary"].complete
+    assert_exact(config, killer, services.kafka_bootstrap, 4)
+
+
+def run_cli_backfill(doc: dict, tmp_path: Path, env: dict | None = None):
+    import os
+
+    path = tmp_path / "stream.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return subprocess.run(
+        ferry_cli("backfill", path, "--no-progress"),
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(proc) -> str:
+    err = proc.stderr.decode()
+    lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_one_shot_backfill_gives_up_after_its_deadline(make_stream, own_redis, tmp_path):
+    stream = make_stream(seed(100, 2), partitions=2)
+    doc, _ = on_own_redis(stream, own_redis, fault_deadline="2s")
+    own_redis.kill()
+    proc = run_cli_backfill(doc, tmp_path)
+    line = assert_one_line_error(proc)
+    assert "gave up after 2s" in line and "unreachable" in line, line
+    assert f"127.0.0.1:{own_redis.port}" in line
+
+
+def test_acl_denial_is_one_line_naming_command_and_user(make_stream, own_redis, tmp_path):
+    stream = make_stream(seed(100, 2), partitions=2)
+    user, password = "mirror-" + secrets.token_hex(3), secrets.token_urlsafe(12)
+    (tmp_path / "pw").write_text(password)
+    own_redis.client().acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        commands=["+@all", "-evalsha", "-eval", "-script|load"],
+    )
+    doc, _ = on_own_redis(
+        stream,
+        own_redis,
+        username={"env": "FERRY_TEST_REDIS_USER"},
+        password={"file": str(tmp_path / "pw")},
+    )
+    proc = run_cli_backfill(doc, tmp_path, env={"FERRY_TEST_REDIS_USER": user})
+    line = assert_one_line_error(proc)
+    assert user in line and "evalsha" in line.lower(), line
+    assert password not in proc.stderr.decode()
