@@ -44,6 +44,11 @@ class NotArmedError(FerryError):
     """A batch was offered for a migration whose start positions were never chosen."""
 
 
+class RecordTooLargeError(RedisTargetError):
+    """A record is larger than the Redis server takes in one argument or one query; the
+    message names its partition and offset."""
+
+
 class IntegrityError(FerryError):
     """Something would break an invariant (a hole, a double, an out-of-order write); ferry stopped."""
 

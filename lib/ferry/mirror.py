@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from ferry.batching import read_server_limits, split_batches
 from ferry.config import StreamConfig
 from ferry.errors import FerryError, IntegrityError, OffsetRangeError, RedisTargetError
 from ferry.identity import check_source, fingerprint
@@ -265,6 +266,7 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
         queue.Queue(maxsize=QUEUE_BATCHES) for _ in range(WRITERS)
     ]
     ingestor = rides.call(lambda: Ingestor(target, keys))
+    limits = rides.call(lambda: read_server_limits(target))
     writers = [
         threading.Thread(
             target=_write_loop, args=(ingestor, q, shared, bar, on_batch, rides), daemon=True
@@ -320,8 +322,7 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
                     gaps.pop(p, None)  # a pending gap check came back filled: it was the race
                 while recs:
                     taken, rest = take_contiguous(recs, pos[p], lambda g, p=p: accept_gap(p, g))
-                    for i in range(0, len(taken), config.batch_size):
-                        chunk = taken[i : i + config.batch_size]
+                    for chunk in split_batches(taken, config.batch_size, limits, PIPELINE_BATCHES):
                         enqueue(p, chunk, chunk[-1].offset + 1)
                     if not rest:
                         break
@@ -342,7 +343,8 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
                             "would be skipped. Nothing after the position was written; set "
                             "kafka.transactional: true if transactional producers write this topic"
                         )
-                    enqueue(p, rest[:1], rest[0].offset + 1)
+                    for chunk in split_batches(rest[:1], 1, limits, PIPELINE_BATCHES):
+                        enqueue(p, chunk, rest[0].offset + 1)
                     gaps.pop(p, None)
                     recs = rest[1:]
             if gaps_allowed:  # step over markers (and aborted records) after the last record

@@ -223,3 +223,23 @@ def test_acl_denial_is_one_line_naming_command_and_user(make_stream, own_redis, 
     line = assert_one_line_error(proc)
     assert user in line and "evalsha" in line.lower(), line
     assert password not in proc.stderr.decode()
+
+
+def test_a_record_over_the_servers_limit_is_named_and_nothing_from_it_on_is_written(
+    make_stream, own_redis, services, tmp_path
+):
+    big = 1_300_000  # over a proto-max-bulk-len of 1 MB, under the broker's limit set below
+    recs = seed(40, 2)
+    recs[10] = SeedRecord(0, b"big", b"x" * big, (), recs[10].timestamp_ms)  # partition 0 offset 5
+    topic_config = {"max.message.bytes": "4000000"} if services.kafka_kind == "apache" else None
+    stream = make_stream(recs, partitions=2, topic_config=topic_config)
+    doc, config = on_own_redis(stream, own_redis)
+    client = own_redis.client()
+    client.config_set("proto-max-bulk-len", "1mb")
+    line = assert_one_line_error(run_cli_backfill(doc, tmp_path))
+    assert "partition 0 offset 5" in line and "proto-max-bulk-len" in line, line
+    copied = by_partition(r for _, r in read_redis_records(client, config.redis.stream))
+    assert [r.offset for r in copied.get(0, [])] == [0, 1, 2, 3, 4]  # before it, not from it
+    client.config_set("proto-max-bulk-len", "4mb")  # the remedy the message names
+    assert backfill(config, progress=False).complete
+    assert_exact(config, client, services.kafka_bootstrap, 2)
