@@ -17,6 +17,7 @@ import redis
 
 from ferry.batching import read_server_limits, split_batches
 from ferry.config import StreamConfig
+from ferry.durability import check_stream_tail, settle_restart
 from ferry.errors import FerryError, IntegrityError, OffsetRangeError, RedisTargetError
 from ferry.identity import check_source, fingerprint
 from ferry.ingest import (
@@ -184,11 +185,15 @@ def backfill(
     def prepare():
         target = connect_redis(config)
         check_target(target)
-        return target, read_state(target, keys)
+        settle_restart(target, keys)
+        starts, frontiers = read_state(target, keys)
+        check_stream_tail(target, keys, frontiers)
+        return target, (starts, frontiers)
 
     # Positions before ends: a dual-writer moves positions on while we look, and an end
     # read first could be older than a position read after it.
     target, (starts, frontiers) = rides.call(prepare)
+    rides.settle = lambda: settle_restart(target, keys)  # again after every Redis outage
     source = open_source(config, client)
     try:
         info = source.describe_topic()
@@ -210,6 +215,7 @@ def backfill(
 
 def _armed(target, keys, plan: ArmRequest):
     arm_migration(target, keys, plan)  # idempotent: arming an armed partition keeps its start
+    settle_restart(target, keys)  # records the server's run_id before the first write
     return read_state(target, keys)
 
 
@@ -222,13 +228,30 @@ class _Rides:
         self.on_state = on_state
         self.state = FaultState()
         self.user = config.redis.username.resolve() if config.redis.username else None
+        self.settle: Callable[[], object] | None = None  # run before writing after an outage
+        self.unsettled = False
+        self.lock = threading.Lock()
+
+    def _on_state(self, state: FaultState) -> None:
+        if state.cause is not None:
+            self.unsettled = True  # the server may have restarted meanwhile
+        if self.on_state is not None:
+            self.on_state(state)
 
     def call(self, fn):
+        def attempt():
+            if self.unsettled and self.settle is not None:
+                with self.lock:
+                    if self.unsettled:
+                        self.settle()
+                        self.unsettled = False
+            return fn()
+
         return ride_out(
-            fn,
+            attempt,
             deadline_s=self.deadline_s,
             state=self.state,
-            on_state=self.on_state,
+            on_state=self._on_state,
             user=self.user,
             should_stop=self.should_stop,
         )

@@ -243,3 +243,54 @@ def test_a_record_over_the_servers_limit_is_named_and_nothing_from_it_on_is_writ
     client.config_set("proto-max-bulk-len", "4mb")  # the remedy the message names
     assert backfill(config, progress=False).complete
     assert_exact(config, client, services.kafka_bootstrap, 2)
+
+
+def cut_inside_last_transaction(folder: Path) -> int:
+    """Truncate the newest append-only file in the middle of its last MULTI/EXEC that
+    holds several XADDs (an ingest batch), as a machine crash with appendfsync everysec can;
+    returns the bytes cut off."""
+    incr = sorted((folder / "appendonlydir").glob("*.incr.aof"), key=lambda f: f.stat().st_mtime)
+    data = incr[-1].read_bytes()
+    end = len(data)
+    while True:
+        multi = data.rindex(b"*1\r\n$5\r\nMULTI\r\n", 0, end)
+        exec_ = data.index(b"*1\r\n$4\r\nEXEC\r\n", multi)
+        if data[multi:exec_].count(b"XADD") >= 4:
+            break
+        end = multi
+    cut = multi + (exec_ - multi) // 2  # inside one of the batch's XADDs, after others
+    incr[-1].write_bytes(data[:cut])
+    return len(data) - cut
+
+
+def test_an_aof_cut_inside_a_batch_stays_exact_over_two_restarts(make_stream, own_redis, services):
+    stream = make_stream(seed(2000, 2), partitions=2)
+    _, config = on_own_redis(stream, own_redis)
+    config = dataclasses.replace(config, batch_size=100)
+    client = own_redis.client()
+    backfill(config, progress=False)
+    own_redis.kill()
+    assert cut_inside_last_transaction(own_redis.folder) > 0
+    own_redis.start()  # restart 1: the half batch is dropped; the file keeps an open MULTI
+    assert frontier_total(client, config) < 2000  # the cut batch is gone, frontier with it
+    produce_records(services.kafka_bootstrap, config.kafka.topic, seed(500, 2, start=2000))
+    assert backfill(config, progress=False).complete  # resumes, copies the lost batch again
+    own_redis.kill()
+    own_redis.start()  # restart 2: the load that merged the open MULTI with what followed
+    assert frontier_total(client, config) == 2500
+    assert_exact(config, client, services.kafka_bootstrap, 2)
+
+
+def test_entries_beyond_the_frontier_refuse_a_resume(make_stream, redis_client):
+    from ferry.errors import IntegrityError
+    from ferry.ingest import migration_keys
+
+    stream = make_stream(seed(300, 3), partitions=3)
+    backfill(stream.config, progress=False)
+    keys = migration_keys(stream.config)
+    redis_client.hset(keys.state, "frontier:1", 90)  # the frontier's update lost, entries kept
+    with pytest.raises(
+        IntegrityError, match=r"partition 1: .* holds offset 99 but the frontier is 90"
+    ):
+        backfill(stream.config, progress=False)
+    assert redis_client.xlen(stream.config.redis.stream) == 300  # nothing was written
