@@ -86,11 +86,13 @@ def rewrite_aof(client: redis.Redis, wait_s: float = REWRITE_WAIT_S) -> None:
 def check_stream_tail(client: redis.Redis, keys: MigrationKeys, frontiers: dict[int, int]) -> None:
     """Refuse to resume when a partition's last entry lies beyond its frontier."""
     partitions = sorted(frontiers)
+    if not partitions:  # not armed: arming checks the keys are free or ferry's
+        return
     seen: set[int] = set()
     for stream in keys.streams(partitions):
         count = TAIL_SCAN if keys.layout == "merged" else 1
         for entry_id, fields in client.xrevrange(stream, count=count):
-            p = int(fields[b"p"])
+            p = int(fields.get(b"p", -1))
             if p in seen or p not in frontiers:
                 continue
             seen.add(p)
