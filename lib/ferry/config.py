@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -103,6 +103,17 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True)
+class RedisTls:
+    """TLS to Redis: the CA that signs the server's certificate, and (for mutual TLS) the
+    client's certificate and key. Verification is on unless ``insecure_skip_verify``."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
 class RedisSettings:
     url: str
     stream: str
@@ -111,6 +122,7 @@ class RedisSettings:
     password: SecretRef | None = None
     persistence: str = "any"  # what preflight demands: any | aof | rdb | none
     fault_deadline_ms: int = 120_000  # how long a one-shot run waits out a Redis fault
+    tls: RedisTls | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +264,15 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
                 "the URL carries a password; put it in redis.password as {env: ...} or {file: ...}",
                 "url",
             )
+        for param in sorted(parse_qs(parts.query, keep_blank_values=True)):
+            if param.lower() in ("password", "username", "user") or param.lower().startswith(
+                ("ssl", "tls")
+            ):
+                raise r.error(
+                    f"the URL's query parameter {param!r} is refused: credentials go in "
+                    "redis.username / redis.password, TLS settings in redis.tls",
+                    "url",
+                )
     stream = r.get("stream", str, f"{tag}:stream")
     if tag not in stream:
         raise r.error(
@@ -269,6 +290,7 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
         fault_deadline_ms=parse_duration_ms(
             r.get("fault_deadline", str, "2m"), f"{source}: redis.fault_deadline"
         ),
+        tls=_tls(r, url),
     )
     r.finish()
     top.used.add("start")
@@ -279,6 +301,25 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
     trim = _trim(top)
     top.finish()
     return StreamConfig(name, kafka, redis_settings, start, batch_size, trim, source)
+
+
+def _tls(r: _Fields, url: str) -> RedisTls | None:
+    t = r.child("tls", required=False)
+    if t is None:
+        return None
+    files = {}
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = t.get(name, str, None)
+        if value is not None and not Path(value).expanduser().is_file():
+            raise t.error(f"{value!r} is not a readable file", name)
+        files[name] = str(Path(value).expanduser()) if value else None
+    insecure = t.get("insecure_skip_verify", bool, False)
+    t.finish()
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        raise r.error("give both cert_file and key_file (mutual TLS) or neither", "tls")
+    if not url.startswith("rediss://"):
+        raise r.error(f"redis.tls needs a rediss:// URL, got {url.split('://')[0]}://", "tls")
+    return RedisTls(insecure_skip_verify=insecure, **files)
 
 
 def _trim(top: _Fields) -> TrimPolicy | None:

@@ -139,6 +139,17 @@ def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | Non
         result.add("Redis reachable with the configured credentials", False, str(exc))
         return
     result.add("Redis reachable with the configured credentials", True, "PING answered")
+    tls = config.redis.tls
+    if tls is not None:
+        result.add(
+            "Redis TLS verifies the server's certificate",
+            not tls.insecure_skip_verify,
+            "redis.tls.insecure_skip_verify is true: anyone on the path can read and change "
+            "what ferry writes"
+            if tls.insecure_skip_verify
+            else f"CA {tls.ca_file or 'system store'}"
+            + (", client certificate" if tls.cert_file else ""),
+        )
     server = server_info(client)
     result.facts.update(
         redis_kind=server.kind, redis_version=server.version, cluster=server.cluster

@@ -36,6 +36,8 @@ def transient_cause(exc: BaseException) -> str | None:
         return transient_cause(exc.__cause__) if exc.__cause__ is not None else None
     if isinstance(exc, redis.AuthenticationError):
         return None  # a subclass of ConnectionError, but no wait fixes a wrong password
+    if isinstance(exc, redis.ConnectionError) and _certificate_problem(exc):
+        return None
     if isinstance(exc, redis.BusyLoadingError):
         return "Redis is loading its data set into memory"
     if isinstance(exc, redis.TimeoutError):
@@ -56,6 +58,12 @@ def transient_cause(exc: BaseException) -> str | None:
             if text.startswith(prefix):
                 return cause
     return None
+
+
+def _certificate_problem(exc: BaseException) -> bool:
+    from ferry.redis_target import tls_refused
+
+    return tls_refused(exc)
 
 
 def redact_url(url: str) -> str:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import redis
 
-from ferry.config import RedisSettings, StreamConfig
+from ferry.config import RedisSettings, RedisTls, StreamConfig
 from ferry.errors import RedisTargetError
+from ferry.redis_faults import redact_url
 
 CONNECT_TIMEOUT_S = 5.0
 MIN_VERSION = (7, 0)
@@ -33,14 +34,16 @@ def resolve_url(settings: RedisSettings) -> str:
 def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
     """A checked connection to the target: reachable, authenticated, PING answered."""
     settings = config.redis if isinstance(config, StreamConfig) else config
-    url = resolve_url(settings)
+    raw_url = resolve_url(settings)
+    url = redact_url(raw_url)  # what messages show
     client = redis.Redis.from_url(
-        url,
+        raw_url,
         username=settings.username.resolve() if settings.username else None,
         password=settings.password.resolve() if settings.password else None,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=60,
         health_check_interval=0,
+        **tls_options(settings.tls),
     )
     try:
         client.ping()
@@ -55,10 +58,42 @@ def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
             ) from exc
         raise RedisTargetError(f"Redis at {url} answered PING with an error: {exc}") from exc
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        if tls_refused(exc):
+            raise RedisTargetError(
+                f"the TLS handshake with Redis at {url} failed (check redis.tls.ca_file, the "
+                f"client certificate, and that the server's certificate names this host): {exc}"
+            ) from exc
         raise RedisTargetError(
             f"cannot reach Redis at {url} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
         ) from exc
     return client
+
+
+def tls_options(tls: RedisTls | None) -> dict:
+    """redis-py's TLS arguments for ``redis.tls`` (none for a plain connection)."""
+    if tls is None:
+        return {}
+    return {
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_cert_reqs": "none" if tls.insecure_skip_verify else "required",
+        "ssl_check_hostname": not tls.insecure_skip_verify,
+    }
+
+
+def tls_refused(exc: BaseException) -> bool:
+    """A certificate problem, which no retry fixes."""
+    text = str(exc).lower()
+    return any(
+        needle in text
+        for needle in (
+            "certificate verify failed",
+            "certificate_verify_failed",
+            "alert",
+            "hostname",
+        )
+    )
 
 
 def server_info(client: redis.Redis) -> ServerInfo:

@@ -127,3 +127,26 @@ class Mirror:
         assert not self.thread.is_alive()
         if "error" in self.result:
             raise AssertionError(f"the following mirror died: {self.result['error']!r}")
+
+
+def backfill_cli_error(doc: dict, folder, env: dict | None = None) -> tuple[str, str]:
+    """Run ``ferry backfill`` on the config ``doc`` and require an expected failure: exit
+    2, exactly one ``ferry: error:`` line, no traceback. Returns (that line, all of stderr)."""
+    import os
+    import subprocess
+
+    import yaml
+
+    path = folder / "stream.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    proc = subprocess.run(
+        ferry_cli("backfill", path, "--no-progress"),
+        capture_output=True,
+        timeout=180,
+        env={**os.environ, **(env or {})},
+    )
+    err = proc.stderr.decode()
+    lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
+    assert proc.returncode == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0], err

@@ -5,17 +5,9 @@ wrong CA is a one-line error."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import secrets
-import subprocess
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from ferry.apache_kafka import SaslSsl
 from ferry.config import parse_config
@@ -25,66 +17,13 @@ from ferry.seed import SeedRecord, create_topic, produce_records
 from ferry.services import _terminate, free_port, start_apache_kafka
 from ferry.validate import validate_stream
 
-from .helpers import by_partition, ferry_cli, read_kafka_raw, read_redis_records
+from .certs import make_ca, make_server_keystore
+from .helpers import backfill_cli_error, by_partition, read_kafka_raw, read_redis_records
 
 pytestmark = pytest.mark.requires_broker(
     ["apache"], reason="Tansu 0.6 has no SASL_SSL listener in this setup"
 )
 USER = "ferry-mirror"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(folder: Path, cn: str) -> tuple:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (folder / f"{cn}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
-def make_server_keystore(folder: Path, ca_key, ca_cert) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    path = folder / "server-keystore.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-        + ca_cert.public_bytes(serialization.Encoding.PEM)
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +110,6 @@ def test_backfill_validate_and_write_over_sasl_ssl(
 def test_wrong_password_or_ca_is_a_one_line_error(
     secure_broker, secure_topic, services, tmp_path, client, fault
 ):
-    import yaml
 
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password\n")
@@ -183,15 +121,7 @@ def test_wrong_password_or_ca_is_a_one_line_error(
         password_file=wrong if fault == "password" else None,
         cafile=secure_broker["folder"] / "other-ca.pem" if fault == "ca" else None,
     )
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    proc = subprocess.run(
-        ferry_cli("backfill", path, "--no-progress"), capture_output=True, timeout=120
-    )
-    err = proc.stderr.decode()
-    lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
-    assert proc.returncode == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert secure_broker["sasl_ssl"] in lines[0]
+    line, _ = backfill_cli_error(doc, tmp_path)
+    assert secure_broker["sasl_ssl"] in line
     expect = "authentication" if fault == "password" else "certificate"
-    assert expect in lines[0].lower(), lines[0]
+    assert expect in line.lower(), line

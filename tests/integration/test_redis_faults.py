@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 
 from ferry.config import parse_config
 from ferry.mirror import backfill
@@ -21,7 +20,7 @@ from ferry.seed import SeedRecord, produce_records
 from ferry.services import _spawn, _wait_ready, free_port, probe_redis
 from ferry.validate import validate_stream
 
-from .helpers import Mirror, by_partition, ferry_cli, read_kafka_raw, read_redis_records
+from .helpers import Mirror, backfill_cli_error, by_partition, read_kafka_raw, read_redis_records
 
 
 class OwnRedis:
@@ -171,33 +170,11 @@ def test_killed_connections_mid_pipeline_are_retried(make_stream, own_redis, ser
     assert_exact(config, killer, services.kafka_bootstrap, 4)
 
 
-def run_cli_backfill(doc: dict, tmp_path: Path, env: dict | None = None):
-    import os
-
-    path = tmp_path / "stream.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return subprocess.run(
-        ferry_cli("backfill", path, "--no-progress"),
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def assert_one_line_error(proc) -> str:
-    err = proc.stderr.decode()
-    lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
-    assert proc.returncode == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_one_shot_backfill_gives_up_after_its_deadline(make_stream, own_redis, tmp_path):
     stream = make_stream(seed(100, 2), partitions=2)
     doc, _ = on_own_redis(stream, own_redis, fault_deadline="2s")
     own_redis.kill()
-    proc = run_cli_backfill(doc, tmp_path)
-    line = assert_one_line_error(proc)
+    line, _ = backfill_cli_error(doc, tmp_path)
     assert "gave up after 2s" in line and "unreachable" in line, line
     assert f"127.0.0.1:{own_redis.port}" in line
 
@@ -219,10 +196,9 @@ def test_acl_denial_is_one_line_naming_command_and_user(make_stream, own_redis, 
         username={"env": "FERRY_TEST_REDIS_USER"},
         password={"file": str(tmp_path / "pw")},
     )
-    proc = run_cli_backfill(doc, tmp_path, env={"FERRY_TEST_REDIS_USER": user})
-    line = assert_one_line_error(proc)
+    line, err = backfill_cli_error(doc, tmp_path, env={"FERRY_TEST_REDIS_USER": user})
     assert user in line and "evalsha" in line.lower(), line
-    assert password not in proc.stderr.decode()
+    assert password not in err
 
 
 def test_a_record_over_the_servers_limit_is_named_and_nothing_from_it_on_is_written(
@@ -236,7 +212,7 @@ def test_a_record_over_the_servers_limit_is_named_and_nothing_from_it_on_is_writ
     doc, config = on_own_redis(stream, own_redis)
     client = own_redis.client()
     client.config_set("proto-max-bulk-len", "1mb")
-    line = assert_one_line_error(run_cli_backfill(doc, tmp_path))
+    line, _ = backfill_cli_error(doc, tmp_path)
     assert "partition 0 offset 5" in line and "proto-max-bulk-len" in line, line
     copied = by_partition(r for _, r in read_redis_records(client, config.redis.stream))
     assert [r.offset for r in copied.get(0, [])] == [0, 1, 2, 3, 4]  # before it, not from it

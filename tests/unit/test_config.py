@@ -153,3 +153,44 @@ def test_trim_policy_and_persistence():
         parse_config(doc(trim={"max_age": "soon"}), "f")
     with pytest.raises(ConfigError, match="redis.persistence: 'disk' is not one of"):
         parse_config(doc(redis={"url": "redis://r", "persistence": "disk"}), "f")
+
+
+@pytest.mark.parametrize(
+    "url, param",
+    [
+        ("redis://r1:6379/0?password=hunter2", "password"),
+        ("rediss://r1:6380/0?ssl_cert_reqs=none", "ssl_cert_reqs"),
+        ("rediss://r1:6380/0?ssl_ca_certs=/etc/ca.pem", "ssl_ca_certs"),
+        ("redis://r1:6379/0?username=app", "username"),
+    ],
+)
+def test_url_query_parameters_with_credentials_or_tls_settings_are_refused(url, param):
+    with pytest.raises(ConfigError, match=rf"redis\.url.*'{param}' is refused") as info:
+        parse_config(doc(redis={"url": url}), "p.yaml")
+    assert "hunter2" not in str(info.value)  # the message never echoes the URL's secrets
+
+
+def test_tls_settings_are_configuration(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-")
+    config = parse_config(
+        doc(redis={"url": "rediss://r1:6380/0", "tls": {"ca_file": str(ca)}}), "p.yaml"
+    )
+    assert config.redis.tls.ca_file == str(ca)
+    assert config.redis.tls.insecure_skip_verify is False  # verification is on by default
+
+
+@pytest.mark.parametrize(
+    "url, tls, words",
+    [
+        ("redis://r1:6379/0", {}, "needs a rediss:// URL"),
+        ("rediss://r1:6380/0", {"ca_file": "/nonexistent/ca.pem"}, "not a readable file"),
+        ("rediss://r1:6380/0", {"cert_file": "CA"}, "both cert_file and key_file"),
+        ("rediss://r1:6380/0", {"verify": False}, "unknown field"),
+    ],
+)
+def test_bad_tls_settings_name_the_field(tmp_path, url, tls, words):
+    (tmp_path / "CA").write_text("-")
+    tls = {k: (str(tmp_path / v) if v == "CA" else v) for k, v in tls.items()}
+    with pytest.raises(ConfigError, match=words):
+        parse_config(doc(redis={"url": url, "tls": tls}), "p.yaml")
