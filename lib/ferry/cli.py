@@ -122,6 +122,14 @@ def serve_mirror_metrics(port: int, stream: str):
     return on_batch, on_lag, on_fault
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    from ferry.acl import setuser_line
+
+    config = load_config(args.stream)
+    print(setuser_line(args.role, args.user or f"ferry-{args.role}", config.name))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from ferry.validate import validate_stream
 
@@ -302,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", help="run just this step (id or name)")
     r.add_argument("--audit", help="archive root (default ./audit)")
     r.set_defaults(func=cmd_run)
+
+    acl = sub.add_parser("acl", help="print the ACL SETUSER line of a role (least privilege)")
+    acl.add_argument("role", help="mirror or validator")
+    acl.add_argument("stream", help="stream name or config path")
+    acl.add_argument("--user", default=None, help="the ACL user (default ferry-<role>)")
+    acl.set_defaults(func=cmd_acl)
 
     a = sub.add_parser("audit", help="check an archived run")
     a.add_argument("action", choices=("verify",))

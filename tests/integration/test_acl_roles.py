@@ -1,0 +1,85 @@
+"""Each role runs as an ACL user holding exactly the line ``ferry acl`` prints for it: its
+verbs work, and what lies outside its line is refused in one line naming command and user."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import redis
+
+from ferry.acl import ROLES
+from ferry.config import parse_config
+from ferry.mirror import backfill
+from ferry.seed import SeedRecord
+from ferry.validate import validate_stream
+
+from .helpers import backfill_cli_error, by_partition, read_kafka_raw, read_redis_records
+
+
+@pytest.fixture
+def acl_user(redis_client, tmp_path, monkeypatch):
+    """Factory: an ACL user with a role's line on the stack's server; removed afterwards."""
+    made = []
+
+    def make(role: str, name: str) -> dict:
+        user, password = f"ferry-{role}-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+        line = ROLES[role].setuser_line(user, name).replace(">PASSWORD", f">{password}")
+        redis_client.execute_command(*line.split())
+        made.append(user)
+        (tmp_path / f"{user}.pw").write_text(password)
+        monkeypatch.setenv(f"FERRY_TEST_USER_{role.upper()}", user)
+        return {
+            "username": {"env": f"FERRY_TEST_USER_{role.upper()}"},
+            "password": {"file": str(tmp_path / f"{user}.pw")},
+            "user": user,
+        }
+
+    yield make
+    for user in made:
+        redis_client.acl_deluser(user)
+
+
+def as_user(stream, creds: dict):
+    doc = {
+        **stream.doc,
+        "redis": {**stream.doc["redis"], **{k: creds[k] for k in ("username", "password")}},
+    }
+    return doc, parse_config(doc, "<acl>")
+
+
+def records(n: int) -> list[SeedRecord]:
+    return [SeedRecord(i % 2, b"k%d" % i, b"v%d" % i, (), 1_700_000_000_000 + i) for i in range(n)]
+
+
+def test_the_mirror_role_copies_and_nothing_more(make_stream, acl_user, services, redis_client):
+    stream = make_stream(records(300), partitions=2)
+    creds = acl_user("mirror", stream.config.name)
+    _, config = as_user(stream, creds)
+    assert backfill(config, progress=False).complete
+    kafka = read_kafka_raw(services.kafka_bootstrap, config.kafka.topic, 2)
+    copied = read_redis_records(redis_client, config.redis.stream)
+    assert by_partition(r for _, r in copied) == kafka
+    mirror = redis.Redis.from_url(
+        services.redis_url, username=creds["user"], password=creds_password(creds)
+    )
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        mirror.xtrim(config.redis.stream, maxlen=0)  # retention is the operator's
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        mirror.get("some-other-migration")  # keys outside the migration
+
+
+def test_the_validator_role_validates_and_cannot_write(make_stream, acl_user, tmp_path):
+    stream = make_stream(records(200), partitions=2)
+    backfill(stream.config, progress=False)  # as the default user
+    creds = acl_user("validator", stream.config.name)
+    doc, config = as_user(stream, creds)
+    assert validate_stream(config).ok
+    line, _ = backfill_cli_error(doc, tmp_path, env={"FERRY_TEST_USER_VALIDATOR": creds["user"]})
+    assert creds["user"] in line and "permissions" in line, line
+
+
+def creds_password(creds: dict) -> str:
+    from pathlib import Path
+
+    return Path(creds["password"]["file"]).read_text()
