@@ -290,7 +290,7 @@ def scrape(port: int) -> dict[str, float]:
     return {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("ferry_mirror")
+        if line.startswith(("ferry_mirror", "ferry_redis"))
     }
 
 

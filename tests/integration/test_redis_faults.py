@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from ferry.config import parse_config
 from ferry.mirror import backfill
@@ -20,7 +21,14 @@ from ferry.seed import SeedRecord, produce_records
 from ferry.services import _spawn, _wait_ready, free_port, probe_redis
 from ferry.validate import validate_stream
 
-from .helpers import Mirror, backfill_cli_error, by_partition, read_kafka_raw, read_redis_records
+from .helpers import (
+    Mirror,
+    backfill_cli_error,
+    by_partition,
+    ferry_cli,
+    read_kafka_raw,
+    read_redis_records,
+)
 
 
 class OwnRedis:
@@ -270,3 +278,82 @@ def test_entries_beyond_the_frontier_refuse_a_resume(make_stream, redis_client):
     ):
         backfill(stream.config, progress=False)
     assert redis_client.xlen(stream.config.redis.stream) == 300  # nothing was written
+
+
+def start_follow_process(doc: dict, folder: Path) -> tuple[subprocess.Popen, int, Path]:
+    path = folder / "stream.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    port, log = free_port(), folder / "mirror.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ferry_cli("backfill", path, "--follow", "--no-progress", "--metrics-port", port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, port, log
+
+
+def read_metric(port: int, name: str) -> float | None:
+    from .test_live import scrape
+
+    try:
+        return scrape(port).get(name)
+    except OSError:
+        return None
+
+
+def test_follow_process_reports_the_wait_and_never_exits(
+    make_stream, own_redis, services, tmp_path
+):
+    import signal
+
+    stream = make_stream(seed(500, 2), partitions=2)
+    doc, config = on_own_redis(stream, own_redis)
+    proc, port, log = start_follow_process(doc, tmp_path)
+    client = own_redis.client()
+    waiting = f'ferry_redis_waiting{{stream="{config.name}"}}'
+    try:
+        wait_until(lambda: frontier_total(client, config) == 500, "the history")
+        own_redis.kill()
+        produce_records(services.kafka_bootstrap, config.kafka.topic, seed(300, 2, start=500))
+        wait_until(lambda: read_metric(port, waiting) == 1.0, "the gauge to show the wait")
+        assert proc.poll() is None
+        own_redis.start()
+        wait_until(lambda: frontier_total(client, config) == 800, "the mirror to catch up")
+        wait_until(lambda: read_metric(port, waiting) == 0.0, "the gauge to clear")
+        retries = f'ferry_redis_fault_retries_total{{stream="{config.name}"}}'
+        assert read_metric(port, retries) >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text, text
+    assert text.count("waiting for Redis") >= 1 and "Redis is back" in text, text
+    assert_exact(config, client, services.kafka_bootstrap, 2)
+
+
+def test_a_follow_process_told_to_stop_while_waiting_stops(
+    make_stream, own_redis, services, tmp_path
+):
+    import signal
+
+    stream = make_stream(seed(100, 2), partitions=2)
+    doc, config = on_own_redis(stream, own_redis)
+    proc, port, log = start_follow_process(doc, tmp_path)
+    try:
+        wait_until(lambda: frontier_total(own_redis.client(), config) == 100, "the history")
+        own_redis.kill()
+        produce_records(services.kafka_bootstrap, config.kafka.topic, seed(50, 2, start=100))
+        waiting = f'ferry_redis_waiting{{stream="{config.name}"}}'
+        wait_until(lambda: read_metric(port, waiting) == 1.0, "the wait")
+        proc.send_signal(signal.SIGTERM)  # what Ctrl-C or `kubectl delete pod` sends
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 2, text
+    errors = [line for line in text.splitlines() if line.startswith("ferry: error:")]
+    assert len(errors) == 1 and "stopped while waiting for Redis" in errors[0], text
+    assert "Traceback" not in text, text
