@@ -114,8 +114,19 @@ class RedisTls:
 
 
 @dataclass(frozen=True)
+class RedisSentinel:
+    """A primary found through Sentinel: the Sentinels' addresses and the service name.
+    ferry asks them for the current primary on every (re)connect, so it follows failovers."""
+
+    addresses: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    password: SecretRef | None = None  # the Sentinels' own password, when they have one
+
+
+@dataclass(frozen=True)
 class RedisSettings:
-    url: str
+    url: str  # "sentinel" when the primary is found through redis.sentinel
     stream: str
     layout: str = "merged"
     username: SecretRef | None = None
@@ -123,6 +134,7 @@ class RedisSettings:
     persistence: str = "any"  # what preflight demands: any | aof | rdb | none
     fault_deadline_ms: int = 120_000  # how long a one-shot run waits out a Redis fault
     tls: RedisTls | None = None
+    sentinel: RedisSentinel | None = None
 
 
 @dataclass(frozen=True)
@@ -254,8 +266,11 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
     k.finish()
     r = top.child("redis")
     tag = "{" + name + "}"
-    url = r.get("url", str)
-    if url != "embedded":
+    sentinel = _sentinel(r)
+    if sentinel is not None and "url" in r.data:
+        raise r.error("give either url or sentinel, not both", "sentinel")
+    url = "sentinel" if sentinel is not None else r.get("url", str)
+    if url not in ("embedded", "sentinel"):
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise r.error(f"{url!r} must start with redis://, rediss:// or unix://", "url")
@@ -291,6 +306,7 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
             r.get("fault_deadline", str, "2m"), f"{source}: redis.fault_deadline"
         ),
         tls=_tls(r, url),
+        sentinel=sentinel,
     )
     r.finish()
     top.used.add("start")
@@ -301,6 +317,26 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
     trim = _trim(top)
     top.finish()
     return StreamConfig(name, kafka, redis_settings, start, batch_size, trim, source)
+
+
+def _sentinel(r: _Fields) -> RedisSentinel | None:
+    s = r.child("sentinel", required=False)
+    if s is None:
+        return None
+    raw = s.get("addresses", list)
+    addresses = []
+    for item in raw:
+        host, _, port = str(item).rpartition(":")
+        if not host or not port.isdigit():
+            raise s.error(f"{item!r} is not host:port", "addresses")
+        addresses.append((host, int(port)))
+    if not addresses:
+        raise s.error("needs at least one host:port", "addresses")
+    service = s.get("service", str)
+    db = s.get("db", int, 0)
+    password = s.secret("password")
+    s.finish()
+    return RedisSentinel(tuple(addresses), service, db, password)
 
 
 def _tls(r: _Fields, url: str) -> RedisTls | None:
@@ -317,7 +353,7 @@ def _tls(r: _Fields, url: str) -> RedisTls | None:
     t.finish()
     if (files["cert_file"] is None) != (files["key_file"] is None):
         raise r.error("give both cert_file and key_file (mutual TLS) or neither", "tls")
-    if not url.startswith("rediss://"):
+    if url != "sentinel" and not url.startswith("rediss://"):
         raise r.error(f"redis.tls needs a rediss:// URL, got {url.split('://')[0]}://", "tls")
     return RedisTls(insecure_skip_verify=insecure, **files)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ferry.config import RedisSettings, RedisTls, StreamConfig
+from ferry.config import RedisSentinel, RedisSettings, RedisTls, StreamConfig
 from ferry.errors import RedisTargetError
 from ferry.redis_faults import redact_url
 
@@ -34,17 +34,20 @@ def resolve_url(settings: RedisSettings) -> str:
 def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
     """A checked connection to the target: reachable, authenticated, PING answered."""
     settings = config.redis if isinstance(config, StreamConfig) else config
-    raw_url = resolve_url(settings)
-    url = redact_url(raw_url)  # what messages show
-    client = redis.Redis.from_url(
-        raw_url,
-        username=settings.username.resolve() if settings.username else None,
-        password=settings.password.resolve() if settings.password else None,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=60,
-        health_check_interval=0,
+    options = {
+        "username": settings.username.resolve() if settings.username else None,
+        "password": settings.password.resolve() if settings.password else None,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": 60,
+        "health_check_interval": 0,
         **tls_options(settings.tls),
-    )
+    }
+    if settings.sentinel is not None:
+        client, url = _through_sentinel(settings.sentinel, options)
+    else:
+        raw_url = resolve_url(settings)
+        url = redact_url(raw_url)  # what messages show
+        client = redis.Redis.from_url(raw_url, **options)
     try:
         client.ping()
     except redis.AuthenticationError as exc:
@@ -67,6 +70,21 @@ def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
             f"cannot reach Redis at {url} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
         ) from exc
     return client
+
+
+def _through_sentinel(sentinel: RedisSentinel, options: dict) -> tuple[redis.Redis, str]:
+    """A client of the service's current primary, asked of the Sentinels on every connect."""
+    from redis.sentinel import Sentinel
+
+    password = sentinel.password.resolve() if sentinel.password else None
+    ask = Sentinel(
+        list(sentinel.addresses),
+        sentinel_kwargs={"password": password, "socket_timeout": CONNECT_TIMEOUT_S},
+        socket_timeout=options["socket_timeout"],
+    )
+    client = ask.master_for(sentinel.service, redis_class=redis.Redis, db=sentinel.db, **options)
+    where = ", ".join(f"{h}:{p}" for h, p in sentinel.addresses)
+    return client, f"service {sentinel.service!r} through Sentinel {where}"
 
 
 def tls_options(tls: RedisTls | None) -> dict:

@@ -94,8 +94,9 @@ def render_scaled_object(
 ) -> str:
     """A KEDA ScaledObject (redis-streams scaler, lag-based) plus its TriggerAuthentication.
     The password is referenced from a Kubernetes Secret, never written here."""
-    url = urlsplit(config.redis.url) if config.redis.url != "embedded" else None
+    url = urlsplit(config.redis.url) if config.redis.url not in ("embedded", "sentinel") else None
     address = f"{url.hostname}:{url.port or 6379}" if url else "redis.example.internal:6379"
+    sentinel = config.redis.sentinel
     name = f"{config.name}-consumer"
     scaled = {
         "apiVersion": "keda.sh/v1alpha1",
@@ -107,14 +108,22 @@ def render_scaled_object(
             "maxReplicaCount": max_replicas,
             "triggers": [
                 {
-                    "type": "redis-streams",
+                    "type": "redis-sentinel-streams" if sentinel else "redis-streams",
                     "metadata": {
-                        "address": address,
+                        **(
+                            {
+                                "addresses": ",".join(f"{h}:{p}" for h, p in sentinel.addresses),
+                                "sentinelMaster": sentinel.service,
+                            }
+                            if sentinel
+                            else {"address": address}
+                        ),
                         "stream": config.redis.stream,
                         "consumerGroup": consumer_group,
                         "lagCount": str(lag_count),
                         "enableTLS": "true"
-                        if url is not None and url.scheme == "rediss"
+                        if config.redis.tls is not None
+                        or (url is not None and url.scheme == "rediss")
                         else "false",
                     },
                     "authenticationRef": {"name": f"{name}-auth"},

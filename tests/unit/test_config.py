@@ -194,3 +194,44 @@ def test_bad_tls_settings_name_the_field(tmp_path, url, tls, words):
     tls = {k: (str(tmp_path / v) if v == "CA" else v) for k, v in tls.items()}
     with pytest.raises(ConfigError, match=words):
         parse_config(doc(redis={"url": url, "tls": tls}), "p.yaml")
+
+
+def test_sentinel_names_the_primary_instead_of_a_url():
+    config = parse_config(
+        doc(redis={"sentinel": {"addresses": ["s1:26379", "s2:26379"], "service": "pay"}}),
+        "p.yaml",
+    )
+    assert config.redis.sentinel.addresses == (("s1", 26379), ("s2", 26379))
+    assert config.redis.sentinel.service == "pay" and config.redis.url == "sentinel"
+
+
+@pytest.mark.parametrize(
+    "redis_doc, words",
+    [
+        ({"url": "redis://r1", "sentinel": {"addresses": ["s:1"], "service": "x"}}, "not both"),
+        ({"sentinel": {"addresses": ["s1"], "service": "x"}}, "'s1' is not host:port"),
+        ({"sentinel": {"addresses": [], "service": "x"}}, "at least one"),
+        ({"sentinel": {"addresses": ["s:1"]}}, r"redis\.sentinel\.service: is required"),
+    ],
+)
+def test_bad_sentinel_settings_name_the_field(redis_doc, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_config(doc(redis=redis_doc), "p.yaml")
+
+
+def test_keda_follows_sentinel_too():
+    import yaml
+
+    from ferry.retention import render_scaled_object
+
+    config = parse_config(
+        doc(redis={"sentinel": {"addresses": ["s1:26379", "s2:26379"], "service": "pay"}}),
+        "p.yaml",
+    )
+    rendered = render_scaled_object(
+        config, deployment="d", consumer_group="g", namespace="n", lag_count=10
+    )
+    trigger = next(yaml.safe_load_all(rendered))["spec"]["triggers"][0]
+    assert trigger["type"] == "redis-sentinel-streams"
+    assert trigger["metadata"]["addresses"] == "s1:26379,s2:26379"
+    assert trigger["metadata"]["sentinelMaster"] == "pay"

@@ -1,0 +1,117 @@
+"""A Redis primary fails over to its replica under a following mirror: a primary, a replica
+and a Sentinel of the stack's kind on loopback; the config names the Sentinel and the
+service; the primary is killed while records keep arriving in Kafka. The mirror follows the
+failover, resumes from the frontier the new primary holds (re-copying from Kafka whatever
+the old primary acknowledged but never replicated) and ends exact."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+
+from ferry.config import parse_config
+from ferry.seed import produce_records
+from ferry.services import _spawn, _wait_ready, free_port, probe_redis
+
+from .helpers import Mirror
+from .test_redis_faults import assert_exact, frontier_total, seed, wait_until
+
+SERVICE = "ferry-primary"
+
+
+class SentinelSet:
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder = binary, folder
+        self.ports = {"primary": free_port(), "replica": free_port(), "sentinel": free_port()}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _server(self, role: str, *extra: str) -> None:
+        folder = self.folder / role
+        folder.mkdir()
+        args = [self.binary, "--port", str(self.ports[role]), "--bind", "127.0.0.1"]
+        args += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        args += ["--maxmemory-policy", "noeviction", *extra]
+        self.procs[role] = _spawn(args, folder / "server.log")
+        url = f"redis://127.0.0.1:{self.ports[role]}"
+        _wait_ready(role, self.procs[role], lambda: probe_redis(url), folder / "server.log")
+
+    def start(self) -> None:
+        self._server("primary")
+        self._server("replica", "--replicaof", "127.0.0.1", str(self.ports["primary"]))
+        conf = self.folder / "sentinel.conf"  # Sentinel rewrites its own config file
+        conf.write_text(
+            f"port {self.ports['sentinel']}\nbind 127.0.0.1\ndir {self.folder}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.ports['primary']} 1\n"
+            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+        )
+        self.procs["sentinel"] = _spawn(
+            [self.binary, str(conf), "--sentinel"], self.folder / "sentinel.log"
+        )
+        wait_until(lambda: self.replica_known(), "the Sentinel to see the replica")
+
+    def sentinel(self) -> redis.Redis:
+        return redis.Redis(port=self.ports["sentinel"], decode_responses=True)
+
+    def replica_known(self) -> bool:
+        try:
+            replicas = self.sentinel().sentinel_slaves(SERVICE)
+        except redis.RedisError:
+            return False
+        return any(r.get("master-link-status") == "ok" for r in replicas)
+
+    def primary_port(self) -> int | None:
+        try:
+            return int(self.sentinel().sentinel_get_master_addr_by_name(SERVICE)[1])
+        except (redis.RedisError, TypeError):
+            return None
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@pytest.fixture
+def sentinel_set(services, tmp_path):
+    servers = SentinelSet(services.redis_binary, tmp_path)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+def test_follow_mirror_rides_a_failover_and_ends_exact(make_stream, sentinel_set, services):
+    stream = make_stream(seed(1000, 2), partitions=2)
+    doc = {
+        **stream.doc,
+        "redis": {
+            "sentinel": {
+                "addresses": [f"127.0.0.1:{sentinel_set.ports['sentinel']}"],
+                "service": SERVICE,
+            }
+        },
+    }
+    config = parse_config(doc, "<sentinel>")
+    primary = redis.Redis(port=sentinel_set.ports["primary"])
+    mirror = Mirror(config)
+    try:
+        wait_until(lambda: frontier_total(primary, config) == 1000, "the history")
+        produce_records(services.kafka_bootstrap, config.kafka.topic, seed(300, 2, start=1000))
+        sentinel_set.procs["primary"].kill()  # while records are arriving
+        produce_records(services.kafka_bootstrap, config.kafka.topic, seed(300, 2, start=1300))
+        new_port = sentinel_set.ports["replica"]
+        wait_until(lambda: sentinel_set.primary_port() == new_port, "the failover", 90)
+        promoted = redis.Redis(port=new_port)
+        wait_until(
+            lambda: frontier_total(promoted, config) == 1600, "the mirror on the new primary"
+        )
+        assert mirror.thread.is_alive()
+    finally:
+        mirror.close()
+    assert_exact(config, promoted, services.kafka_bootstrap, 2)
