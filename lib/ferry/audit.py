@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # written after the manifest: the signed anchor (audit_anchor)
 GENESIS = "0" * 64
 
 
@@ -35,7 +36,7 @@ def list_artifacts(run_dir: Path) -> list[str]:
     return sorted(
         p.relative_to(run_dir).as_posix()
         for p in run_dir.rglob("*")
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name not in (MANIFEST, SIGNATURE)
     )
 
 

@@ -174,11 +174,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from ferry.audit import verify_archive
 
-    problems = verify_archive(Path(args.folder))
+    folder = Path(args.folder)
+    if args.action == "keygen":
+        from ferry.audit_anchor import generate_key_pair
+
+        private, public = generate_key_pair(folder)
+        print(
+            f"private key {private} (FERRY_AUDIT_SIGNING_KEY), public key {public} "
+            "(FERRY_AUDIT_PUBLIC_KEY)"
+        )
+        return 0
+    problems = verify_archive(folder)
+    if not args.offline and not problems:
+        from ferry.audit_anchor import verify_anchor
+
+        problems = verify_anchor(folder)
     if problems:
         print("\n".join(problems))
         return 1
-    print(f"{args.folder}: intact (every hash and the chain verify)")
+    anchored = "" if args.offline else ", and the head matches the one recorded in Redis"
+    print(f"{args.folder}: intact (every hash and the chain verify{anchored})")
     return 0
 
 
@@ -317,9 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--user", default=None, help="the ACL user (default ferry-<role>)")
     acl.set_defaults(func=cmd_acl)
 
-    a = sub.add_parser("audit", help="check an archived run")
-    a.add_argument("action", choices=("verify",))
-    a.add_argument("folder", help="audit/<stream>/<run-id>")
+    a = sub.add_parser("audit", help="check an archived run, or make the operator's key pair")
+    a.add_argument("action", choices=("verify", "keygen"))
+    a.add_argument("folder", help="verify: audit/<stream>/<run-id>; keygen: where the keys go")
+    a.add_argument(
+        "--offline",
+        action="store_true",
+        help="check only the archive itself, not its head against the one recorded in Redis",
+    )
     a.set_defaults(func=cmd_audit)
 
     ph = sub.add_parser("phase", help="show (or --set) the migration phase and the writers")

@@ -129,8 +129,23 @@ def run_runbook(
         )
         if outcome.outcome == "failed":
             break
-    build_manifest(folder, _metadata(result, stream, start, only, started, config))
+    manifest = build_manifest(folder, _metadata(result, stream, start, only, started, config))
+    _anchor(config, result.run_id, folder, manifest["head"], echo)
     return result
+
+
+def _anchor(config, run_id: str, folder: Path, head: str, echo) -> None:
+    """Record the manifest head outside the archive (signed when a key is configured)."""
+    import redis
+
+    from ferry.audit_anchor import make_anchor, record_anchor, write_signature
+
+    anchor = make_anchor(run_id, head)
+    write_signature(folder, anchor)
+    try:
+        record_anchor(config, anchor)
+    except (FerryError, redis.RedisError) as exc:
+        echo(f"the audit head was not recorded in Redis ({exc}); 'ferry audit verify' will say so")
 
 
 def _unavailable(step: Step) -> str:

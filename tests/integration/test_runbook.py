@@ -189,3 +189,49 @@ def test_archived_html_shows_its_charts_in_headless_chromium(runbook_stream, tmp
     dark = sum(count for count, level in colours if level < 200)
     assert dark > 5000
     Path(tmp_path / "kept.png").write_bytes(shot.read_bytes())
+
+
+def test_a_rebuilt_archive_is_caught_by_its_anchor(runbook_stream, tmp_path, monkeypatch):
+    import json
+
+    from ferry.audit import build_manifest
+    from ferry.audit_anchor import generate_key_pair
+    from ferry.phases import log_event
+    from ferry.redis_target import connect_redis
+
+    config, _ = runbook_stream
+    private, public = generate_key_pair(tmp_path)
+    monkeypatch.setenv("FERRY_AUDIT_SIGNING_KEY", str(private))
+    result = run_runbook(str(config), only="00", audit_root=tmp_path / "audit", echo=lambda s: None)
+    assert result.ok and (result.folder / "manifest.sig").is_file()
+    verify = ferry_cli("audit", "verify", result.folder)
+    env = {**os.environ, "FERRY_AUDIT_PUBLIC_KEY": str(public)}
+    done = subprocess.run(verify, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and "matches the one recorded in Redis" in done.stdout, done
+
+    # whoever edits the evidence and rebuilds the manifest gets an archive that is
+    # consistent in itself...
+    sizing = next(result.folder.glob("*.ipynb"))
+    sizing.write_text(sizing.read_text().replace("passed", "p4ssed"))
+    metadata = json.loads((result.folder / "manifest.json").read_text())["metadata"]
+    metadata = {k: v for k, v in metadata.items() if k not in ("kind", "prev", "hash")}
+    manifest = build_manifest(result.folder, metadata)
+    assert verify_archive(result.folder) == []
+    # ...but not one whose head matches the anchor recorded when the run ended
+    done = subprocess.run(verify, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "manifest was rebuilt" in done.stdout, done
+
+    # and an anchor forged beside it, without the operator's key, does not verify
+    loaded = load_config(str(config))
+    client = connect_redis(loaded)
+    log_event(
+        client,
+        migration_keys(loaded),
+        "audit",
+        run_id=result.run_id,
+        head=manifest["head"],
+        signature="00" * 64,
+        key_id=json.loads((result.folder / "manifest.sig").read_text())["key_id"],
+    )
+    done = subprocess.run(verify, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "not signed by that key" in done.stdout, done
