@@ -83,7 +83,7 @@ def redact_url(url: str) -> str:
 def describe_permanent(exc: BaseException, user: str | None) -> str:
     """One line for a Redis error that waiting will not fix, naming what to change."""
     text = " ".join(str(exc).split())
-    who = f"ACL user {user!r}" if user else "the default ACL user"
+    who = f"ACL user {user!r}" if user else "the configured ACL user"
     if isinstance(exc, redis.exceptions.NoPermissionError) or text.startswith("NOPERM"):
         return (
             f"Redis refused {who}: {text}; grant it with ACL SETUSER (see README, least privilege)"

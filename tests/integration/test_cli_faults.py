@@ -1,0 +1,68 @@
+"""Every verb that touches Redis, against each Redis fault a user meets first: the server is
+down, or the ACL user may run nothing but PING. Each is one ``ferry: error:`` line and exit
+status 2, never a traceback (the verbs run in-process through ``ferry.cli.main``, so any
+exception that escapes fails the test)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import yaml
+
+from ferry.cli import main
+from ferry.seed import SeedRecord
+from ferry.services import free_port
+
+VERBS = {
+    "backfill": ["backfill", "{cfg}", "--no-progress"],
+    "validate": ["validate", "{cfg}"],
+    "phase": ["phase", "{cfg}"],
+    "phase --set": ["phase", "{cfg}", "--set", "dual-write"],
+    "cutover": ["cutover", "{cfg}"],
+    "translate-group": ["translate-group", "{cfg}", "g1"],
+    "traffic": ["traffic", "{cfg}", "--seconds", "1", "--rate", "20"],
+    "group-consumer": ["group-consumer", "{cfg}", "g1", "--log", "{log}"],
+}
+
+
+@pytest.fixture
+def denied_user(redis_client, tmp_path, monkeypatch):
+    user, password = f"nobody-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    redis_client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        commands=["-@all", "+ping", "+hello"],
+    )
+    (tmp_path / "pw").write_text(password)
+    monkeypatch.setenv("FERRY_TEST_DENIED_USER", user)
+    yield user
+    redis_client.acl_deluser(user)
+
+
+@pytest.mark.parametrize("fault", ["redis down", "acl denies"])
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_every_verb_reports_a_redis_fault_in_one_line(
+    make_stream, tmp_path, capsys, request, verb, fault
+):
+    stream = make_stream([SeedRecord(0, b"k", b"v", (), 1_700_000_000_000)], partitions=1)
+    doc = {**stream.doc, "redis": {**stream.doc["redis"], "fault_deadline": "1s"}}
+    if fault == "redis down":
+        doc["redis"]["url"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    else:
+        request.getfixturevalue("denied_user")
+        doc["redis"]["username"] = {"env": "FERRY_TEST_DENIED_USER"}
+        doc["redis"]["password"] = {"file": str(tmp_path / "pw")}
+    cfg = tmp_path / "stream.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    argv = [a.format(cfg=cfg, log=tmp_path / "log.jsonl") for a in VERBS[verb]]
+    status = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
+    assert status == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    expect = "unreachable" if fault == "redis down" else "permission"
+    assert expect in lines[0].lower() or "cannot reach redis" in lines[0].lower(), lines[0]
