@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Every connection: redis-py greets with HELLO. (It also names itself with CLIENT SETINFO,
-# which Redis 7.0 lacks; redis-py ignores a refusal, so the lines leave it out.)
-CONNECT = ("ping", "hello")
+# Every role: redis-py greets with HELLO (it also names itself with CLIENT SETINFO, which
+# Redis 7.0 lacks; redis-py ignores a refusal, so the lines leave it out), and preflight
+# tries a role's commands inside MULTI ... DISCARD, which runs none of them.
+CONNECT = ("ping", "hello", "multi", "discard")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,60 @@ ROLES: dict[str, Role] = {
         ),
     )
 }
+
+
+# How preflight tries a command without running it: queued inside MULTI (Redis checks the
+# ACL, keys included, when it queues) and then discarded. "{key}" is a scratch key of the
+# migration.
+PROBES: dict[str, tuple[str, ...]] = {
+    "info": ("INFO", "server"),
+    "config|get": ("CONFIG", "GET", "maxmemory-policy"),
+    "bgrewriteaof": ("BGREWRITEAOF",),
+    "evalsha": ("EVALSHA", "0" * 40, "1", "{key}"),
+    "script|load": ("SCRIPT", "LOAD", "return 1"),
+    "exists": ("EXISTS", "{key}"),
+    "type": ("TYPE", "{key}"),
+    "hget": ("HGET", "{key}", "f"),
+    "hgetall": ("HGETALL", "{key}"),
+    "hset": ("HSET", "{key}", "f", "v"),
+    "hsetnx": ("HSETNX", "{key}", "f", "v"),
+    "hincrby": ("HINCRBY", "{key}", "f", "1"),
+    "xadd": ("XADD", "{key}", "*", "f", "v"),
+    "xrange": ("XRANGE", "{key}", "-", "+", "COUNT", "1"),
+    "xrevrange": ("XREVRANGE", "{key}", "+", "-", "COUNT", "1"),
+    "xlen": ("XLEN", "{key}"),
+    "set": ("SET", "{key}", "v", "EX", "1"),
+    "get": ("GET", "{key}"),
+}
+
+
+def denied_commands(client, commands: list[str], key: str) -> dict[str, str]:
+    """Which of ``commands`` the connection's ACL user may not run on ``key``: each is
+    queued inside MULTI (where Redis checks permissions) and the transaction discarded, so
+    nothing runs. Returns command -> Redis' refusal."""
+    import redis
+
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    denied = {}
+    try:
+        conn.send_command("MULTI")
+        conn.read_response()
+        for command in commands:
+            conn.send_command(*(a.format(key=key) for a in PROBES[command]))
+            try:
+                conn.read_response()
+            except redis.ResponseError as exc:
+                if "NOPERM" in str(exc) or "no permissions" in str(exc):
+                    denied[command] = " ".join(str(exc).split())
+        conn.send_command("DISCARD")
+        conn.read_response()
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    return denied
 
 
 def setuser_line(role: str, user: str, name: str) -> str:

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 import redis
 
 from ferry.config import StreamConfig
-from ferry.entries import FIELDS
 from ferry.errors import FerryError
-from ferry.ingest import _script, migration_keys
+from ferry.ingest import migration_keys
 from ferry.kafka_source import TopicInfo, open_source
 from ferry.notebook import Check
 from ferry.redis_target import connect_redis, server_info, supports_stream_ids
@@ -116,22 +115,6 @@ def consumer_groups(config: StreamConfig, info: TopicInfo) -> list[dict]:
     return rows
 
 
-# every command ferry runs against the target, tried on a scratch key
-COMMANDS = (
-    "XADD",
-    "XRANGE",
-    "XREVRANGE",
-    "XLEN",
-    "XTRIM",
-    "XINFO STREAM",
-    "HSET",
-    "HGETALL",
-    "EVALSHA",
-    "MEMORY USAGE",
-    "DEL",
-)
-
-
 def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | None) -> None:
     try:
         client = connect_redis(config)
@@ -166,13 +149,11 @@ def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | Non
     )
     result.add(*_persistence(client, config.redis.persistence))
     result.add("cluster mode", True, "cluster" if server.cluster else "standalone")
-    denied = _try_commands(client, config)
-    result.add(
-        "credentials can run every command ferry uses",
-        not denied,
-        "; ".join(denied) if denied else ", ".join(COMMANDS),
-    )
-    result.add(*_stream_key_state(client, config))
+    _role_checks(client, config, result)
+    try:
+        result.add(*_stream_key_state(client, config))
+    except redis.ResponseError as exc:  # the user lacks TYPE or HGET: the role rows say which
+        result.add("target stream key is free or ferry's own", False, f"cannot tell: {exc}")
     try:
         node = client.config_get("stream-node-max-bytes").get("stream-node-max-bytes")
     except redis.ResponseError:
@@ -192,36 +173,21 @@ def _persistence(client: redis.Redis, wanted: str) -> tuple[str, bool, str]:
     return f"persistence as configured ({wanted})", ok, have
 
 
-def _try_commands(client: redis.Redis, config: StreamConfig) -> list[str]:
-    tag = config.hash_tag
-    stream, state = f"{tag}:ferry:preflight", f"{tag}:ferry:preflight-state"
-    denied = []
-    probes = [
-        ("XADD", lambda: client.xadd(stream, dict.fromkeys(FIELDS, b"0"))),
-        ("XRANGE", lambda: client.xrange(stream, count=1)),
-        ("XREVRANGE", lambda: client.xrevrange(stream, count=1)),
-        ("XLEN", lambda: client.xlen(stream)),
-        ("XINFO STREAM", lambda: client.xinfo_stream(stream)),
-        ("MEMORY USAGE", lambda: client.memory_usage(stream)),
-        ("XTRIM", lambda: client.xtrim(stream, maxlen=0)),
-        ("HSET", lambda: client.hset(state, "probe", 1)),
-        ("HGETALL", lambda: client.hgetall(state)),
-        ("EVALSHA", lambda: _script(client, "ingest.lua")(keys=[state, stream], args=[0, 0])),
-    ]
-    try:
-        for name, probe in probes:
-            try:
-                probe()
-            except redis.ResponseError as exc:
-                if name == "EVALSHA" and "FERRY_NOT_ARMED" in str(exc):
-                    continue  # the script ran: it refused an unarmed partition, as it should
-                denied.append(f"{name}: {exc}")
-    finally:
-        try:
-            client.delete(stream, state)
-        except redis.ResponseError as exc:
-            denied.append(f"DEL: {exc}")
-    return denied
+def _role_checks(client: redis.Redis, config: StreamConfig, result: Preflight) -> None:
+    """Per role, whether the configured user may run its commands (ferry.acl's lists, the
+    same ones ``ferry acl`` prints), tried without running anything."""
+    from ferry.acl import ROLES, denied_commands
+
+    key = f"{config.hash_tag}:ferry:preflight"
+    for role in ROLES.values():
+        denied = denied_commands(client, list(role.commands), key)
+        result.add(
+            f"Redis user may act as the {role.name} ({role.purpose})",
+            not denied,
+            ("lacks " + ", ".join(denied) + f"; see `ferry acl {role.name}`")
+            if denied
+            else f"{len(role.commands)} commands permitted",
+        )
 
 
 def _stream_key_state(client: redis.Redis, config: StreamConfig) -> tuple[str, bool, str]:

@@ -83,3 +83,22 @@ def creds_password(creds: dict) -> str:
     from pathlib import Path
 
     return Path(creds["password"]["file"]).read_text()
+
+
+def test_preflight_checks_the_user_against_each_roles_list(make_stream, acl_user, redis_client):
+    from ferry.preflight import run_preflight
+
+    stream = make_stream(records(10), partitions=2)
+    creds = acl_user("mirror", stream.config.name)
+    _, config = as_user(stream, creds)
+    checks = {c.name.split(" (")[0]: c for c in run_preflight(config).checks}
+    assert checks["Redis user may act as the mirror"].ok
+    validator = checks["Redis user may act as the validator"]
+    assert not validator.ok and "xlen" in validator.detail and "get" in validator.detail
+
+    # the case: a user without TYPE passed preflight, then the mirror crashed
+    redis_client.execute_command("ACL", "SETUSER", creds["user"], "-type")
+    checks = {c.name.split(" (")[0]: c for c in run_preflight(config).checks}
+    mirror = checks["Redis user may act as the mirror"]
+    assert not mirror.ok and mirror.detail.startswith("lacks type"), mirror.detail
+    assert redis_client.exists(f"{{{config.name}}}:ferry:preflight") == 0  # nothing ran

@@ -12,7 +12,7 @@ def test_a_line_grants_only_the_roles_commands_on_the_migrations_keys():
         "ACL SETUSER v1 on >PASSWORD resetkeys ~*{payments}* resetchannels -@all"
     )
     granted = {word[1:] for word in line.split() if word.startswith("+")}
-    assert granted == {"ping", "hello", *ROLES["validator"].commands}
+    assert granted == {"ping", "hello", "multi", "discard", *ROLES["validator"].commands}
     assert not {"evalsha", "xadd", "hset", "del"} & granted  # read-only
 
 
