@@ -22,7 +22,7 @@ import time
 
 import redis
 
-from ferry.errors import IntegrityError, RedisTargetError
+from ferry.errors import IntegrityError, RedisTargetError, ReplicationError
 from ferry.ingest import MigrationKeys
 
 RUN_ID_FIELD = "server_run_id"
@@ -107,3 +107,23 @@ def check_stream_tail(client: redis.Redis, keys: MigrationKeys, frontiers: dict[
                 )
             if len(seen) == len(partitions):
                 return
+
+
+REPLICA_WAIT_MS = 2000
+
+
+def wait_for_replicas(client: redis.Redis, what: str, timeout_ms: int = REPLICA_WAIT_MS) -> int:
+    """``WAIT`` until every replica attached to the primary has what was just written;
+    raise naming ``what`` when some did not within the timeout (a failover then could undo
+    it). Returns the replicas that acknowledged (0 without replicas: nothing to wait for)."""
+    attached = int(client.info("replication").get("connected_slaves", 0))
+    if attached == 0:
+        return 0
+    acked = int(client.execute_command("WAIT", attached, timeout_ms))
+    if acked < attached:
+        raise ReplicationError(
+            f"{what} reached {acked} of {attached} replicas within {timeout_ms / 1000:.0f}s: a "
+            "failover now could undo it. It is in effect on the primary; check the replicas "
+            "(INFO replication) before going on"
+        )
+    return acked

@@ -44,6 +44,10 @@ class NotArmedError(FerryError):
     """A batch was offered for a migration whose start positions were never chosen."""
 
 
+class ReplicationError(RedisTargetError):
+    """A write that must survive a failover was not acknowledged by every attached replica."""
+
+
 class RecordTooLargeError(RedisTargetError):
     """A record is larger than the Redis server takes in one argument or one query; the
     message names its partition and offset."""

@@ -98,6 +98,10 @@ def set_phase(
                 f"{str(exc).split('FERRY_PHASE', 1)[1].strip()} (changed meanwhile)"
             ) from exc
         raise
+    from ferry.durability import wait_for_replicas
+
+    # the phase is what every writer obeys: it must not be lost in a failover
+    wait_for_replicas(client, f"the phase change to {target} (epoch {int(epoch)})")
     return PhaseState(target, int(epoch))
 
 

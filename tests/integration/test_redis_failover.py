@@ -115,3 +115,27 @@ def test_follow_mirror_rides_a_failover_and_ends_exact(make_stream, sentinel_set
     finally:
         mirror.close()
     assert_exact(config, promoted, services.kafka_bootstrap, 2)
+
+
+def test_a_phase_change_waits_for_the_replicas(make_stream, sentinel_set):
+    import os
+    import signal
+
+    from ferry.errors import ReplicationError
+    from ferry.ingest import migration_keys
+    from ferry.phases import DRAINING, DUAL_WRITE, read_phase, set_phase
+
+    stream = make_stream(seed(10, 1), partitions=1)
+    keys = migration_keys(stream.config)
+    primary = redis.Redis(port=sentinel_set.ports["primary"])
+    replica = redis.Redis(port=sentinel_set.ports["replica"])
+    set_phase(primary, keys, DUAL_WRITE)
+    assert read_phase(replica, keys).phase == DUAL_WRITE  # there before set_phase returned
+    replica_pid = sentinel_set.procs["replica"].pid
+    os.kill(replica_pid, signal.SIGSTOP)  # a replica that stopped acknowledging
+    try:
+        with pytest.raises(ReplicationError, match=r"phase change to draining .* 0 of 1 replicas"):
+            set_phase(primary, keys, DRAINING)
+    finally:
+        os.kill(replica_pid, signal.SIGCONT)
+    assert read_phase(primary, keys).phase == DRAINING  # in effect on the primary, as it says
