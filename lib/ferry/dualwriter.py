@@ -23,6 +23,7 @@ registry, so a phase change is followed within a second.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import threading
@@ -252,7 +253,12 @@ class DualWriter:
         self._closing.set()
         for t in self._threads:
             t.join(timeout=5)
-        remove_writer(self.redis, self.keys, self.writer_id)
+        try:
+            remove_writer(self.redis, self.keys, self.writer_id)
+        except redis.RedisError as exc:  # its heartbeat stops; the cutover treats it as gone
+            logging.getLogger("ferry.redis").warning(
+                "writer %s could not leave the registry: %s", self.writer_id, exc
+            )
 
     # --- background ----------------------------------------------------------------------
     def _on_delivery(self, mirror: bool):

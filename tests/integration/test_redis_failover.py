@@ -88,16 +88,7 @@ def sentinel_set(services, tmp_path):
 
 def test_follow_mirror_rides_a_failover_and_ends_exact(make_stream, sentinel_set, services):
     stream = make_stream(seed(1000, 2), partitions=2)
-    doc = {
-        **stream.doc,
-        "redis": {
-            "sentinel": {
-                "addresses": [f"127.0.0.1:{sentinel_set.ports['sentinel']}"],
-                "service": SERVICE,
-            }
-        },
-    }
-    config = parse_config(doc, "<sentinel>")
+    config = sentinel_config(stream, sentinel_set)
     primary = redis.Redis(port=sentinel_set.ports["primary"])
     mirror = Mirror(config)
     try:
@@ -139,3 +130,71 @@ def test_a_phase_change_waits_for_the_replicas(make_stream, sentinel_set):
     finally:
         os.kill(replica_pid, signal.SIGCONT)
     assert read_phase(primary, keys).phase == DRAINING  # in effect on the primary, as it says
+
+
+def sentinel_config(stream, sentinel_set):
+    doc = {
+        **stream.doc,
+        "redis": {
+            "sentinel": {
+                "addresses": [f"127.0.0.1:{sentinel_set.ports['sentinel']}"],
+                "service": SERVICE,
+            }
+        },
+    }
+    return parse_config(doc, "<sentinel>")
+
+
+def test_dual_write_traffic_rides_a_failover_and_ends_exact(make_stream, sentinel_set, services):
+    from ferry.ingest import migration_keys
+    from ferry.mirror import backfill
+    from ferry.phases import start_dual_write
+
+    stream = make_stream(seed(500, 2), partitions=2)
+    config = sentinel_config(stream, sentinel_set)
+    backfill(config, progress=False)  # history first, as the runbook does
+    start_dual_write(redis.Redis(port=sentinel_set.ports["primary"]), migration_keys(config))
+    mirror = Mirror(config)
+    try:
+        new_port, sent = _traffic_through_a_failover(config, sentinel_set)
+        promoted = redis.Redis(port=new_port)
+        wait_until(lambda: frontier_total(promoted, config) == 500 + sent, "the mirror")
+    finally:
+        mirror.close()
+    assert_exact(config, promoted, services.kafka_bootstrap, 2)
+
+
+def _traffic_through_a_failover(config, sentinel_set) -> tuple[int, int]:
+    """A DualWriter sends on while the primary is killed and Sentinel promotes the
+    replica; returns the new primary's port and how many records were sent."""
+    import threading
+
+    from ferry.dualwriter import DualWriter
+
+    writer = DualWriter(config, poll_interval_s=0.05)
+    stop = threading.Event()
+
+    def traffic():
+        i = 0
+        while not stop.is_set():
+            writer.send(b"live %d" % i, key=b"k%d" % (i % 20))
+            i += 1
+            stop.wait(0.002)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        wait_until(lambda: writer.counts.written_redis >= 50, "dual-writes landing in Redis")
+        sentinel_set.procs["primary"].kill()
+        at_kill = writer.counts.sent
+        new_port = sentinel_set.ports["replica"]
+        wait_until(lambda: sentinel_set.primary_port() == new_port, "the failover", 90)
+        wait_until(lambda: writer.counts.sent >= at_kill + 300, "traffic after the failover")
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+        writer.flush()
+        writer.close()
+    print("writer counts:", writer.counts)
+    assert writer.counts.failures == 0 and writer.counts.delivered == writer.counts.sent
+    return new_port, writer.counts.sent
