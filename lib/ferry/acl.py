@@ -60,6 +60,37 @@ ROLES: dict[str, Role] = {
             "ferry validate and the runbook's read-only checks",
             ("info", "hget", "hgetall", "exists", "xrange", "xrevrange", "xlen", "get"),
         ),
+        Role(
+            "writer",
+            "DualWriter in every phase: dual-write, Redis-first with shadows, the registry",
+            (
+                "evalsha",
+                "script|load",
+                "script|exists",
+                "hget",
+                "hmget",
+                "hset",
+                "hdel",
+                "hincrby",
+                "xadd",
+            ),
+        ),
+        Role(
+            "consumer",
+            "the consumer helper on a handed-over group: read, acknowledge, claim, dead-letter",
+            (
+                "exec",  # acknowledgement and dead-lettering in one MULTI
+                "hgetall",
+                "hdel",
+                "hincrby",
+                "smembers",
+                "xreadgroup",
+                "xack",
+                "xautoclaim",
+                "xrange",
+                "xadd",  # the dead-letter stream
+            ),
+        ),
     )
 }
 
@@ -86,6 +117,14 @@ PROBES: dict[str, tuple[str, ...]] = {
     "xlen": ("XLEN", "{key}"),
     "set": ("SET", "{key}", "v", "EX", "1"),
     "get": ("GET", "{key}"),
+    "script|exists": ("SCRIPT", "EXISTS", "0" * 40),
+    "hmget": ("HMGET", "{key}", "f"),
+    "hdel": ("HDEL", "{key}", "f"),
+    "smembers": ("SMEMBERS", "{key}"),
+    "xreadgroup": ("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "{key}", ">"),
+    "xack": ("XACK", "{key}", "g", "0-1"),
+    "xautoclaim": ("XAUTOCLAIM", "{key}", "g", "c", "0", "0-0", "COUNT", "1"),
+    # no probe for EXEC: queued inside MULTI it would run the transaction
 }
 
 
@@ -101,7 +140,7 @@ def denied_commands(client, commands: list[str], key: str) -> dict[str, str]:
     try:
         conn.send_command("MULTI")
         conn.read_response()
-        for command in commands:
+        for command in (c for c in commands if c in PROBES):
             conn.send_command(*(a.format(key=key) for a in PROBES[command]))
             try:
                 conn.read_response()

@@ -102,3 +102,77 @@ def test_preflight_checks_the_user_against_each_roles_list(make_stream, acl_user
     mirror = checks["Redis user may act as the mirror"]
     assert not mirror.ok and mirror.detail.startswith("lacks type"), mirror.detail
     assert redis_client.exists(f"{{{config.name}}}:ferry:preflight") == 0  # nothing ran
+
+
+def test_the_writer_role_writes_in_every_phase(make_stream, acl_user, redis_client, services):
+    from ferry.dualwriter import DualWriter
+    from ferry.ingest import migration_keys
+    from ferry.phases import DRAINING, DUAL_WRITE, REDIS_PRIMARY, read_phase, set_phase
+
+    stream = make_stream(records(100), partitions=2)
+    backfill(stream.config, progress=False)  # history as the default user
+    keys = migration_keys(stream.config)
+    creds = acl_user("writer", stream.config.name)
+    _, config = as_user(stream, creds)
+    set_phase(redis_client, keys, DUAL_WRITE)
+    writer = DualWriter(config, poll_interval_s=0.02)
+    try:
+        for i in range(40):
+            writer.send(b"dual %d" % i, key=b"k", partition=i % 2)
+        writer.flush()
+        set_phase(redis_client, keys, DRAINING)
+        set_phase(redis_client, keys, REDIS_PRIMARY)
+        wait_for(lambda: writer.phase == REDIS_PRIMARY, "the writer to follow the phase")
+        for i in range(30):
+            writer.send(b"first %d" % i, key=b"k", partition=i % 2)
+        writer.flush()
+    finally:
+        writer.close()
+    counts = writer.counts
+    assert counts.failures == 0 and not writer.failed, writer.failed[:3]
+    assert counts.written_redis == 40 and counts.written_redis_first == 30 == counts.shadowed
+    assert read_phase(redis_client, keys).phase == REDIS_PRIMARY
+    assert redis_client.xlen(config.redis.stream) == 170
+    as_writer = redis.Redis.from_url(
+        services.redis_url, username=creds["user"], password=creds_password(creds)
+    )
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        as_writer.xtrim(config.redis.stream, maxlen=0)
+
+
+def test_the_consumer_role_reads_acks_and_dead_letters(make_stream, acl_user, services):
+    from ferry.handover import StreamConsumer, translate_group
+
+    stream = make_stream(
+        [SeedRecord(0, b"k", b"v%d" % i, (), 1_700_000_000_000 + i) for i in range(20)],
+        partitions=1,
+    )
+    backfill(stream.config, progress=False)
+    translate_group(stream.config, "g", committed={})
+    creds = acl_user("consumer", stream.config.name)
+    _, config = as_user(stream, creds)
+    first = StreamConsumer(config, "g", "c1", batch=5, block_ms=50, claim_idle_ms=0, max_failures=1)
+    got = first.poll()
+    first.ack(*got[:4])
+    assert first.fail(got[4], "boom") is True  # dead-lettered at the first failure
+    rest = []
+    second = StreamConsumer(config, "g", "c2", batch=50, block_ms=50, claim_idle_ms=0)
+    while batch := second.poll():
+        second.ack(*batch)
+        rest += batch
+    assert [d.record.offset for d in got[:4] + rest] == [o for o in range(20) if o != 4]
+    as_consumer = redis.Redis.from_url(
+        services.redis_url, username=creds["user"], password=creds_password(creds)
+    )
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        as_consumer.evalsha("0" * 40, 0)  # ferry's scripts are not the consumer's
+
+
+def wait_for(predicate, what: str) -> None:
+    import threading
+
+    for _ in range(400):
+        if predicate():
+            return
+        threading.Event().wait(0.01)  # polling a condition, bounded
+    raise AssertionError(f"timed out waiting for {what}")
