@@ -94,6 +94,25 @@ ROLES: dict[str, Role] = {
     )
 }
 
+# The runbook operator runs every step: it acts as each role above, and changes phases,
+# hands groups over, trims, and reads what sizing and evidence need.
+OPERATOR_EXTRA = (
+    "xgroup",
+    "xtrim",
+    "xinfo",
+    "xlen",
+    "memory|usage",
+    "wait",
+    "del",
+    "sadd",
+    "scan",
+)
+ROLES["operator"] = Role(
+    "operator",
+    "the runbook: every step, phase changes, cutover, hand-over, retention, evidence",
+    tuple(dict.fromkeys(c for r in list(ROLES.values()) for c in r.commands)) + OPERATOR_EXTRA,
+)
+
 
 # How preflight tries a command without running it: queued inside MULTI (Redis checks the
 # ACL, keys included, when it queues) and then discarded. "{key}" is a scratch key of the

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     acl = sub.add_parser("acl", help="print the ACL SETUSER line of a role (least privilege)")
-    acl.add_argument("role", help="mirror or validator")
+    acl.add_argument("role", help="mirror, validator, writer, consumer or operator")
     acl.add_argument("stream", help="stream name or config path")
     acl.add_argument("--user", default=None, help="the ACL user (default ferry-<role>)")
     acl.set_defaults(func=cmd_acl)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ferry.acl import ROLES
 from ferry.audit import verify_archive
 from ferry.config import load_config
 from ferry.follower import stop_follower
@@ -37,9 +38,8 @@ def runbook_stream(services, redis_client, tmp_path, monkeypatch, request):
     )
     produce_records(services.kafka_bootstrap, name, payment_events(6000, PARTITIONS - 1))
     user = f"ferry-{name}"
-    redis_client.acl_setuser(
-        user, enabled=True, passwords=[f"+{SENTINEL}"], commands=["+@all"], keys=["*"]
-    )
+    line = ROLES["operator"].setuser_line(user, name).replace(">PASSWORD", f">{SENTINEL}")
+    redis_client.execute_command(*line.split())  # least privilege: the operator's line
     monkeypatch.setenv("FERRY_TEST_REDIS_USER", user)
     monkeypatch.setenv("FERRY_TEST_REDIS_PASSWORD", SENTINEL)
     config = tmp_path / f"{name}.yaml"
@@ -65,8 +65,9 @@ def runbook_stream(services, redis_client, tmp_path, monkeypatch, request):
         redis_client.delete(*keys)
 
 
-def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_path):
+def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_path, redis_client):
     config, name = runbook_stream
+    redis_client.acl_log_reset()
     lines = []
     stop = threading.Event()
     counts = {}
@@ -86,6 +87,8 @@ def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_
         (step, "passed") for step in ("00", "01", "03", "02", "04", "05", "06")
     ]
     assert counts["written_redis_first"] > 0 and counts["not_accepted"] == 0
+    denied = [e for e in redis_client.acl_log() if e["username"] == f"ferry-{name}"]
+    assert denied == [], denied  # the operator's ACL line was enough for every step
     folder = result.folder
     for label in (
         "00-capacity-sizing",
