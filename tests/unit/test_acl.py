@@ -18,6 +18,7 @@ def test_a_line_grants_only_the_roles_commands_on_the_migrations_keys():
 
 def test_an_unknown_role_is_named():
     with pytest.raises(
-        ConfigError, match="unknown role .admin.; roles: mirror, validator, writer, consumer, operator"
+        ConfigError,
+        match="unknown role .admin.; roles: mirror, validator, writer, consumer, operator",
     ):
         setuser_line("admin", "u", "payments")
