@@ -406,11 +406,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     faults = logging.getLogger("ferry.redis")  # the mirror's waits for Redis, one line each
-    if not faults.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("ferry: %(asctime)s %(message)s"))
-        faults.addHandler(handler)
-        faults.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)  # this call's stderr, removed when it returns
+    handler.setFormatter(logging.Formatter("ferry: %(asctime)s %(message)s"))
+    faults.addHandler(handler)
+    faults.setLevel(logging.INFO)
     try:
         return args.func(args)
     except FerryError as exc:
@@ -423,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)
         return 130
+    finally:
+        faults.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+import tenacity
 
 from ferry.config import StreamConfig
 from ferry.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record, shadow_of
@@ -36,6 +37,20 @@ def group_offsets_key(keys: MigrationKeys, group: str) -> str:
     return f"{keys.tag}:ferry:group:{group}"
 
 
+def _coordinator_busy(exc: BaseException) -> bool:
+    from confluent_kafka import KafkaError as CKError
+    from confluent_kafka import KafkaException
+
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    code = exc.args[0].code()
+    return code in (
+        CKError.COORDINATOR_LOAD_IN_PROGRESS,
+        CKError.COORDINATOR_NOT_AVAILABLE,
+        CKError.NOT_COORDINATOR,
+    )
+
+
 def read_committed_offsets(config: StreamConfig, group: str) -> dict[int, int]:
     """The Kafka group's committed offsets on the topic (partitions without one left out)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
@@ -53,8 +68,14 @@ def read_committed_offsets(config: StreamConfig, group: str) -> dict[int, int]:
     request = ConsumerGroupTopicPartitions(
         group, [TopicPartition(config.kafka.topic, p) for p in partitions]
     )
+    ask = tenacity.Retrying(  # a coordinator still loading (a broker just started) answers soon
+        retry=tenacity.retry_if_exception(_coordinator_busy),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+        stop=tenacity.stop_after_delay(30),
+        reraise=True,
+    )
     try:
-        result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+        result = ask(lambda: admin.list_consumer_group_offsets([request])[group].result(timeout=30))
     except Exception as exc:  # noqa: BLE001
         raise KafkaError(f"cannot read the committed offsets of group {group!r}: {exc}") from exc
     return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}

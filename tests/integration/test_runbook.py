@@ -87,7 +87,11 @@ def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_
         (step, "passed") for step in ("00", "01", "03", "02", "04", "05", "06")
     ]
     assert counts["written_redis_first"] > 0 and counts["not_accepted"] == 0
-    denied = [e for e in redis_client.acl_log() if e["username"] == f"ferry-{name}"]
+    denied = [
+        e
+        for e in redis_client.acl_log()
+        if e["username"] == f"ferry-{name}" and e["object"] != "client|setinfo"
+    ]  # CLIENT SETINFO (not in Redis 7.0, so not in the lines) is refused and redis-py goes on
     assert denied == [], denied  # the operator's ACL line was enough for every step
     folder = result.folder
     for label in (
