@@ -47,9 +47,11 @@ def read_server_limits(client: redis.Redis) -> ServerLimits:
 
 def record_size(record) -> tuple[int, int]:
     """(bytes the record adds to a batch, its longest single argument)."""
-    key = len(record.key or b"")
-    value = len(record.value or b"")
-    headers = sum(len(n) + len(v or b"") + HEADER_OVERHEAD for n, v in record.headers or ())
+    key = len(record[3] or b"")
+    value = len(record[4] or b"")
+    headers = 0
+    for name, header_value in record[5] or ():
+        headers += len(name) + (len(header_value) if header_value else 0) + HEADER_OVERHEAD
     return key + value + headers + 40, max(key, value, headers)
 
 
@@ -58,24 +60,35 @@ def split_batches(
 ) -> Iterator[Sequence]:
     """``records`` (one partition, in order) as consecutive batches of at most
     ``max_records`` records and the byte budget; a record too large for the server raises
-    :class:`RecordTooLargeError` when its batch is reached, after the batches before it."""
+    :class:`RecordTooLargeError` when its batch is reached, after the batches before it.
+
+    On the mirror's hot path: sizes are summed inline, and a record's fields are looked at
+    one by one only when its key and value alone come near a limit or it has headers."""
     budget = limits.batch_bytes(pipelined)
+    single = min(limits.max_bulk, limits.query_buffer // 2)
     start, size = 0, 0
     for i, record in enumerate(records):
-        nbytes, longest = record_size(record)
-        if longest > limits.max_bulk or nbytes > limits.query_buffer // 2:
-            if i > start:
-                yield records[start:i]
-            raise RecordTooLargeError(
-                f"partition {record.partition} offset {record.offset}: the record has a "
-                f"{longest:,}-byte field, more than this Redis server takes in one argument "
-                f"(proto-max-bulk-len {limits.max_bulk:,}, client-query-buffer-limit "
-                f"{limits.query_buffer:,}); raise them (CONFIG SET proto-max-bulk-len ...) and "
-                "rerun: everything before this offset was copied, nothing from it on"
-            )
+        key, value, headers = record[3], record[4], record[5]
+        nbytes = 40 + (len(key) if key else 0) + (len(value) if value else 0)
+        if headers or nbytes > single:
+            nbytes, longest = record_size(record)
+            if longest > limits.max_bulk or nbytes > limits.query_buffer // 2:
+                if i > start:
+                    yield records[start:i]
+                raise _too_large(record, longest, limits)
         if i > start and (i - start >= max_records or size + nbytes > budget):
             yield records[start:i]
             start, size = i, 0
         size += nbytes
     if start < len(records):
         yield records[start:]
+
+
+def _too_large(record, longest: int, limits: ServerLimits) -> RecordTooLargeError:
+    return RecordTooLargeError(
+        f"partition {record.partition} offset {record.offset}: the record has a "
+        f"{longest:,}-byte field, more than this Redis server takes in one argument "
+        f"(proto-max-bulk-len {limits.max_bulk:,}, client-query-buffer-limit "
+        f"{limits.query_buffer:,}); raise them (CONFIG SET proto-max-bulk-len ...) and "
+        "rerun: everything before this offset was copied, nothing from it on"
+    )
