@@ -416,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ferry: error: {exc}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:  # a Redis fault outside the paths that wait them out
-        cause = transient_cause(exc) or describe_permanent(exc, None)
-        print(f"ferry: error: {cause}: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
+        cause = transient_cause(exc)
+        text = f"{cause}: {' '.join(str(exc).split())[:200]}" if cause else None
+        print(f"ferry: error: {text or describe_permanent(exc, None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)

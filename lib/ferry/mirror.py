@@ -97,7 +97,6 @@ class _Shared:
     nbytes: int = 0
     refused_batches: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    faults: FaultState = field(default_factory=FaultState)
 
 
 def plan_arming(config: StreamConfig, source: KafkaSource, info: TopicInfo) -> ArmRequest:

@@ -36,7 +36,7 @@ def transient_cause(exc: BaseException) -> str | None:
         return transient_cause(exc.__cause__) if exc.__cause__ is not None else None
     if isinstance(exc, redis.AuthenticationError):
         return None  # a subclass of ConnectionError, but no wait fixes a wrong password
-    if isinstance(exc, redis.ConnectionError) and _certificate_problem(exc):
+    if isinstance(exc, redis.ConnectionError) and tls_refused(exc):
         return None
     if isinstance(exc, redis.BusyLoadingError):
         return "Redis is loading its data set into memory"
@@ -60,10 +60,18 @@ def transient_cause(exc: BaseException) -> str | None:
     return None
 
 
-def _certificate_problem(exc: BaseException) -> bool:
-    from ferry.redis_target import tls_refused
-
-    return tls_refused(exc)
+def tls_refused(exc: BaseException) -> bool:
+    """A certificate problem, which no retry fixes."""
+    text = str(exc).lower()
+    return any(
+        needle in text
+        for needle in (
+            "certificate verify failed",
+            "certificate_verify_failed",
+            "alert",
+            "hostname",
+        )
+    )
 
 
 def redact_url(url: str) -> str:

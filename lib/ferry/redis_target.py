@@ -9,7 +9,7 @@ import redis
 
 from ferry.config import RedisSentinel, RedisSettings, RedisTls, StreamConfig
 from ferry.errors import RedisTargetError
-from ferry.redis_faults import redact_url
+from ferry.redis_faults import redact_url, tls_refused
 
 CONNECT_TIMEOUT_S = 5.0
 MIN_VERSION = (7, 0)
@@ -98,20 +98,6 @@ def tls_options(tls: RedisTls | None) -> dict:
         "ssl_cert_reqs": "none" if tls.insecure_skip_verify else "required",
         "ssl_check_hostname": not tls.insecure_skip_verify,
     }
-
-
-def tls_refused(exc: BaseException) -> bool:
-    """A certificate problem, which no retry fixes."""
-    text = str(exc).lower()
-    return any(
-        needle in text
-        for needle in (
-            "certificate verify failed",
-            "certificate_verify_failed",
-            "alert",
-            "hostname",
-        )
-    )
 
 
 def server_info(client: redis.Redis) -> ServerInfo:
