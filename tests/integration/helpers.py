@@ -150,3 +150,12 @@ def backfill_cli_error(doc: dict, folder, env: dict | None = None) -> tuple[str,
     assert proc.returncode == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0], err
+
+
+def wait_until(predicate, what: str, timeout_s: float = 60.0) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return
+        done.wait(0.05)  # polling a condition, bounded by timeout_s
+    raise AssertionError(f"timed out waiting for {what}")

@@ -14,7 +14,13 @@ from ferry.mirror import backfill
 from ferry.seed import SeedRecord
 from ferry.validate import validate_stream
 
-from .helpers import backfill_cli_error, by_partition, read_kafka_raw, read_redis_records
+from .helpers import (
+    backfill_cli_error,
+    by_partition,
+    read_kafka_raw,
+    read_redis_records,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -122,7 +128,7 @@ def test_the_writer_role_writes_in_every_phase(make_stream, acl_user, redis_clie
         writer.flush()
         set_phase(redis_client, keys, DRAINING)
         set_phase(redis_client, keys, REDIS_PRIMARY)
-        wait_for(lambda: writer.phase == REDIS_PRIMARY, "the writer to follow the phase")
+        wait_until(lambda: writer.phase == REDIS_PRIMARY, "the writer to follow the phase", 4)
         for i in range(30):
             writer.send(b"first %d" % i, key=b"k", partition=i % 2)
         writer.flush()
@@ -166,13 +172,3 @@ def test_the_consumer_role_reads_acks_and_dead_letters(make_stream, acl_user, se
     )
     with pytest.raises(redis.exceptions.NoPermissionError):
         as_consumer.evalsha("0" * 40, 0)  # ferry's scripts are not the consumer's
-
-
-def wait_for(predicate, what: str) -> None:
-    import threading
-
-    for _ in range(400):
-        if predicate():
-            return
-        threading.Event().wait(0.01)  # polling a condition, bounded
-    raise AssertionError(f"timed out waiting for {what}")

@@ -16,8 +16,8 @@ from ferry.config import parse_config
 from ferry.seed import produce_records
 from ferry.services import _spawn, _wait_ready, free_port, probe_redis
 
-from .helpers import Mirror
-from .test_redis_faults import assert_exact, frontier_total, seed, wait_until
+from .helpers import Mirror, wait_until
+from .test_redis_faults import assert_exact, frontier_total, seed
 
 SERVICE = "ferry-primary"
 

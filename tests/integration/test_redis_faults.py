@@ -28,6 +28,7 @@ from .helpers import (
     ferry_cli,
     read_kafka_raw,
     read_redis_records,
+    wait_until,
 )
 
 
@@ -88,15 +89,6 @@ def assert_exact(config, client: redis.Redis, bootstrap: str, partitions: int) -
     assert stream == kafka
     report = validate_stream(config)
     assert report.ok, report.failures()
-
-
-def wait_until(predicate, what: str, timeout_s: float = 60.0) -> None:
-    done = threading.Event()
-    for _ in range(int(timeout_s / 0.05)):
-        if predicate():
-            return
-        done.wait(0.05)  # polling a condition, bounded by timeout_s
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def frontier_total(client: redis.Redis, config) -> int:
