@@ -26,6 +26,13 @@ def test_every_notebook_is_in_the_step_list_exactly_once():
     assert len(listed) == len(set(listed))
 
 
+def test_a_folder_listing_shows_the_notebooks_in_runbook_order():
+    listed = [s.notebook for s in steps() if s.notebook]
+    assert sorted(listed) == listed
+    for step in steps():
+        assert step.notebook is None or f"_{step.id}_" in step.notebook
+
+
 def test_committed_notebooks_have_no_outputs_and_a_parameters_cell():
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         nb = json.loads(path.read_text())
