@@ -158,7 +158,10 @@ def format_report(report) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ferry.extras import require
     from ferry.runner import raise_on_failure, run_runbook
+
+    require("runbook", "run")
 
     result = run_runbook(
         args.stream,
@@ -277,6 +280,9 @@ def cmd_traffic(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ferry.extras import require
+
+    require("runbook", "demo")
     from ferry.demo import run_demo
 
     return run_demo(records=args.records, partitions=args.partitions)
@@ -394,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--records", type=int, default=200_000)
     d.add_argument("--partitions", type=int, default=6)
     d.set_defaults(func=cmd_demo)
+
+    from ferry.lab import cmd_lab
+
+    lb = sub.add_parser(
+        "lab", help="JupyterLab on the runbook; services it starts are stopped when it exits"
+    )
+    lb.add_argument("--notebook-dir", help="default: the project's notebooks/")
+    lb.add_argument("--port", type=int, help="JupyterLab's port (default: its own, 8888)")
+    lb.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    lb.add_argument("--folder", help="services state folder (default $FERRY_HOME or .ferry)")
+    lb.set_defaults(func=cmd_lab)
     return parser
 
 
@@ -419,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         cause = transient_cause(exc)
         text = f"{cause}: {' '.join(str(exc).split())[:200]}" if cause else None
         print(f"ferry: error: {text or describe_permanent(exc, None)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional extra's module: one line naming the extra
+        from ferry.extras import explain
+
+        text = explain(exc, args.command)
+        if text is None:
+            raise
+        print(f"ferry: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)
