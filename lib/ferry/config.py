@@ -125,6 +125,15 @@ class RedisSentinel:
 
 
 @dataclass(frozen=True)
+class RedisCluster:
+    """The nodes of a Redis Cluster as consumers reach them (KEDA's redis-cluster-streams
+    scaler seeds from them). ferry itself connects through ``redis.url``: the stream's keys
+    share one hash tag, so they live on one slot."""
+
+    addresses: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class RedisSettings:
     url: str  # "sentinel" when the primary is found through redis.sentinel
     stream: str
@@ -135,6 +144,7 @@ class RedisSettings:
     fault_deadline_ms: int = 120_000  # how long a one-shot run waits out a Redis fault
     tls: RedisTls | None = None
     sentinel: RedisSentinel | None = None
+    cluster: RedisCluster | None = None
 
 
 @dataclass(frozen=True)
@@ -307,6 +317,7 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
         ),
         tls=_tls(r, url),
         sentinel=sentinel,
+        cluster=_cluster(r, url),
     )
     r.finish()
     top.used.add("start")
@@ -319,24 +330,56 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
     return StreamConfig(name, kafka, redis_settings, start, batch_size, trim, source)
 
 
-def _sentinel(r: _Fields) -> RedisSentinel | None:
-    s = r.child("sentinel", required=False)
-    if s is None:
-        return None
-    raw = s.get("addresses", list)
+def _addresses(s: _Fields) -> tuple[tuple[str, int], ...]:
     addresses = []
-    for item in raw:
+    for item in s.get("addresses", list):
         host, _, port = str(item).rpartition(":")
         if not host or not port.isdigit():
             raise s.error(f"{item!r} is not host:port", "addresses")
         addresses.append((host, int(port)))
     if not addresses:
         raise s.error("needs at least one host:port", "addresses")
+    return tuple(addresses)
+
+
+def url_database(url: str) -> int:
+    """The database a ``redis://``, ``rediss://`` or ``unix://`` URL selects, as redis-py reads
+    it: ``?db=N`` first, then the path (``/N``), else 0. ValueError when it is not a number."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query).get("db")
+    if query:
+        return int(query[0])
+    path = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    return int(path) if path else 0
+
+
+def _cluster(r: _Fields, url: str) -> RedisCluster | None:
+    c = r.child("cluster", required=False)
+    if c is None:
+        return None
+    addresses = _addresses(c)
+    c.finish()
+    if url == "sentinel":
+        raise r.error("give either sentinel or cluster, not both", "cluster")
+    try:
+        db = url_database(url) if url != "embedded" else 0
+    except ValueError:
+        raise r.error(f"{url!r} names a database that is not a number", "url") from None
+    if db != 0:
+        raise r.error(f"a Redis Cluster has database 0 only, but redis.url selects {db}", "cluster")
+    return RedisCluster(addresses)
+
+
+def _sentinel(r: _Fields) -> RedisSentinel | None:
+    s = r.child("sentinel", required=False)
+    if s is None:
+        return None
+    addresses = _addresses(s)
     service = s.get("service", str)
     db = s.get("db", int, 0)
     password = s.secret("password")
     s.finish()
-    return RedisSentinel(tuple(addresses), service, db, password)
+    return RedisSentinel(addresses, service, db, password)
 
 
 def _tls(r: _Fields, url: str) -> RedisTls | None:

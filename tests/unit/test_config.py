@@ -235,3 +235,46 @@ def test_keda_follows_sentinel_too():
     assert trigger["type"] == "redis-sentinel-streams"
     assert trigger["metadata"]["addresses"] == "s1:26379,s2:26379"
     assert trigger["metadata"]["sentinelMaster"] == "pay"
+
+
+def test_cluster_nodes_for_consumers():
+    config = parse_config(
+        doc(redis={"url": "redis://n0:6379", "cluster": {"addresses": ["n0:6379", "n1:6380"]}}),
+        "p.yaml",
+    )
+    assert config.redis.cluster.addresses == (("n0", 6379), ("n1", 6380))
+    assert parse_config(doc(), "p.yaml").redis.cluster is None
+
+
+@pytest.mark.parametrize(
+    "redis_doc, words",
+    [
+        (
+            {"url": "redis://n0", "cluster": {"addresses": ["n0"]}},
+            r"redis\.cluster\.addresses: 'n0' is not host:port",
+        ),
+        (
+            {"url": "redis://n0", "cluster": {"addresses": []}},
+            r"redis\.cluster\.addresses: needs at least one",
+        ),
+        ({"url": "redis://n0", "cluster": {}}, r"redis\.cluster\.addresses: is required"),
+        (
+            {"url": "redis://n0", "cluster": {"addresses": ["n0:1"], "nodes": 3}},
+            r"redis\.cluster: unknown field\(s\): nodes",
+        ),
+        (
+            {"url": "redis://n0/2", "cluster": {"addresses": ["n0:1"]}},
+            r"redis\.cluster: .*database 0",
+        ),
+        (
+            {
+                "sentinel": {"addresses": ["s:1"], "service": "x"},
+                "cluster": {"addresses": ["n0:1"]},
+            },
+            r"redis\.cluster: give either sentinel or cluster",
+        ),
+    ],
+)
+def test_bad_cluster_settings_name_the_field(redis_doc, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_config(doc(redis=redis_doc), "p.yaml")
