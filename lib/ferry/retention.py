@@ -1,18 +1,16 @@
-"""Retention: incremental, exact trimming that records what it retired, and the KEDA
-ScaledObject a consumer deployment scales by."""
+"""Retention: incremental, exact trimming that records what it retired. The KEDA objects a
+consumer deployment scales by are rendered by :mod:`ferry.keda`."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import redis
-import yaml
 
 from ferry.config import StreamConfig
 from ferry.ingest import MigrationKeys, _script, migration_keys, read_state
+from ferry.keda import lag_threshold  # noqa: F401  (its home until ferry.keda)
 
 
 @dataclass(frozen=True)
@@ -74,69 +72,3 @@ def read_trimmed_ids(
     """Per partition, the last entry ID retention removed from its stream (or None)."""
     raw = {k: client.hget(keys.state, f"trimmed_id:{k}") for k in keys.streams(partitions)}
     return {p: raw[keys.stream_for(p)] for p in partitions}
-
-
-def lag_threshold(event_rate: float, drain_seconds: float = 10.0, floor: int = 100) -> int:
-    """Pending entries per replica before KEDA adds one: ``drain_seconds`` of traffic."""
-    return max(floor, math.ceil(event_rate * drain_seconds))
-
-
-def render_scaled_object(
-    config: StreamConfig,
-    *,
-    deployment: str,
-    consumer_group: str,
-    namespace: str,
-    lag_count: int,
-    min_replicas: int = 1,
-    max_replicas: int = 10,
-    auth_secret: str = "redis-auth",
-) -> str:
-    """A KEDA ScaledObject (redis-streams scaler, lag-based) plus its TriggerAuthentication.
-    The password is referenced from a Kubernetes Secret, never written here."""
-    url = urlsplit(config.redis.url) if config.redis.url not in ("embedded", "sentinel") else None
-    address = f"{url.hostname}:{url.port or 6379}" if url else "redis.example.internal:6379"
-    sentinel = config.redis.sentinel
-    name = f"{config.name}-consumer"
-    scaled = {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "scaleTargetRef": {"name": deployment},
-            "minReplicaCount": min_replicas,
-            "maxReplicaCount": max_replicas,
-            "triggers": [
-                {
-                    "type": "redis-sentinel-streams" if sentinel else "redis-streams",
-                    "metadata": {
-                        **(
-                            {
-                                "addresses": ",".join(f"{h}:{p}" for h, p in sentinel.addresses),
-                                "sentinelMaster": sentinel.service,
-                            }
-                            if sentinel
-                            else {"address": address}
-                        ),
-                        "stream": config.redis.stream,
-                        "consumerGroup": consumer_group,
-                        "lagCount": str(lag_count),
-                        "enableTLS": "true"
-                        if config.redis.tls is not None
-                        or (url is not None and url.scheme == "rediss")
-                        else "false",
-                    },
-                    "authenticationRef": {"name": f"{name}-auth"},
-                }
-            ],
-        },
-    }
-    auth = {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "TriggerAuthentication",
-        "metadata": {"name": f"{name}-auth", "namespace": namespace},
-        "spec": {
-            "secretTargetRef": [{"parameter": "password", "name": auth_secret, "key": "password"}]
-        },
-    }
-    return yaml.safe_dump_all([scaled, auth], sort_keys=False)

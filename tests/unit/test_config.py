@@ -222,14 +222,14 @@ def test_bad_sentinel_settings_name_the_field(redis_doc, words):
 def test_keda_follows_sentinel_too():
     import yaml
 
-    from ferry.retention import render_scaled_object
+    from ferry.keda import render_scaled_object
 
     config = parse_config(
         doc(redis={"sentinel": {"addresses": ["s1:26379", "s2:26379"], "service": "pay"}}),
         "p.yaml",
     )
     rendered = render_scaled_object(
-        config, deployment="d", consumer_group="g", namespace="n", lag_count=10
+        config, deployment="d", groups=["g"], namespace="n", lag_count=10
     )
     trigger = next(yaml.safe_load_all(rendered))["spec"]["triggers"][0]
     assert trigger["type"] == "redis-sentinel-streams"
