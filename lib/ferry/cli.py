@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ferry.config import CLIENTS, load_config
-from ferry.errors import FerryError
+from ferry.errors import FerryError, UsageError
+from ferry.exitcodes import ExitCode, exit_code_for
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -138,7 +139,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_json(), indent=2))
     else:
         print(format_report(report))
-    return 0 if report.ok else 1
+    return ExitCode.OK if report.ok else ExitCode.INTEGRITY
 
 
 def format_report(report) -> str:
@@ -163,15 +164,81 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     require("runbook", "run")
 
+    parameters = step_parameters(parse_parameters(args.param), args.start, args.only)
     result = run_runbook(
         args.stream,
         start=args.start,
         only=args.only,
         audit_root=Path(args.audit) if args.audit else None,
+        parameters=parameters,
     )
     print(f"archive: {result.folder}")
     raise_on_failure(result)
     return 0
+
+
+_RESERVED = ("stream", "run_dir")  # what ferry run passes every step itself
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "private")
+
+
+def parse_parameters(raw: list[str] | None) -> dict:
+    """``NAME=VALUE`` pairs, each value a YAML scalar (``5``, ``2.5``, ``false``, ``text``).
+    A name that looks like a secret is refused: notebooks are archived with their parameters."""
+    import yaml
+
+    out: dict = {}
+    for item in raw or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"-p {item!r}: expected NAME=VALUE with NAME a Python identifier")
+        lowered = name.lower()
+        if any(w in lowered for w in _SECRET_WORDS) or any(
+            part.endswith(("key", "keys")) for part in lowered.split("_")
+        ):
+            raise UsageError(
+                f"-p {name}: looks like a secret, and secrets are never notebook parameters (the "
+                "archived notebooks record them); name it in the stream config as {env: VAR} or "
+                "{file: PATH} and set it in the environment"
+            )
+        if name in _RESERVED:
+            raise UsageError(f"-p {name}: ferry run sets {name!r} itself")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UsageError(f"-p {name}: cannot read {text!r} as a YAML scalar: {exc}") from exc
+        if isinstance(value, (list, dict, set)) or not isinstance(
+            value, (str, int, float, bool, type(None))
+        ):
+            raise UsageError(f"-p {name}: {text!r} is not a scalar (a number, true/false, text)")
+        out[name] = value
+    return out
+
+
+def step_parameters(values: dict, start: str | None, only: str | None) -> dict[str, dict]:
+    """``values`` split by step id, each step getting the names its parameters cell declares;
+    a name no step of this run declares is refused (a typo would otherwise change nothing)."""
+    if not values:
+        return {}
+    import papermill
+
+    from ferry.runbook import load_steps, plan_run, project_root
+
+    declared = {
+        step.id: set(papermill.inspect_notebook(str(project_root() / step.notebook)))
+        for step in plan_run(load_steps(), start, only)
+        if step.notebook is not None
+    }
+    known = set().union(*declared.values()) - set(_RESERVED)
+    for name in values:
+        if name not in known:
+            raise UsageError(
+                f"-p {name}: no step of this run declares a parameter {name!r} "
+                f"(they declare: {', '.join(sorted(known)) or 'none'})"
+            )
+    per_step = {
+        sid: {n: v for n, v in values.items() if n in names} for sid, names in declared.items()
+    }
+    return {sid: given for sid, given in per_step.items() if given}
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -194,7 +261,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         problems = verify_anchor(folder)
     if problems:
         print("\n".join(problems))
-        return 1
+        return ExitCode.INTEGRITY
     anchored = "" if args.offline else ", and the head matches the one recorded in Redis"
     print(f"{args.folder}: intact (every hash and the chain verify{anchored})")
     return 0
@@ -285,15 +352,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     require("runbook", "demo")
     from ferry.demo import run_demo
 
-    return run_demo(records=args.records, partitions=args.partitions)
+    return run_demo(records=args.records, partitions=args.partitions, rate=args.rate)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after an option's help, except where there is nothing to show
+    (no default, a flag) or the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ferry")
+    except PackageNotFoundError:
+        return "unknown (not installed as a distribution)"
+
+
+STREAM_HELP = "stream name (runbook/streams/NAME.yaml) or config path"
+EPILOG = (
+    "exit status: 0 ok, 1 other error, 2 usage, 3 configuration, 4 Kafka or Redis unreachable, "
+    "5 runbook gate failed, 6 data integrity, 130 interrupted (README.md, Exit status)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferry", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ferry", description=__doc__, epilog=EPILOG)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"ferry {installed_version()}",
+        help="print the installed version of ferry and exit",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("services", help="start, stop or show the embedded Kafka and Redis")
-    s.add_argument("action", choices=("up", "down", "status"))
+    s.add_argument(
+        "action",
+        choices=("up", "down", "status"),
+        help="up: start both; down: stop them; status: show them as JSON (exit 1 unless both up)",
+    )
     s.add_argument("--folder", help="state and logs folder (default $FERRY_HOME or .ferry)")
     s.add_argument(
         "--kafka",
@@ -303,14 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--kafka-version",
-        help="Apache Kafka version: 3.7, 4.x or a full version such as 3.7.2 (default 3.7.2)",
+        help="Apache Kafka version: 3.7, 4.x or a full version such as 3.7.2 (default: 3.7.2)",
     )
     s.set_defaults(func=cmd_services)
 
     b = sub.add_parser("backfill", help="copy a topic into its stream from the frontier")
-    b.add_argument("stream", help="stream name (runbook/streams/NAME.yaml) or config path")
+    b.add_argument("stream", help=STREAM_HELP)
     b.add_argument("--follow", action="store_true", help="keep tailing after catching up")
-    b.add_argument("--client", choices=CLIENTS, help="override kafka.client")
+    b.add_argument(
+        "--client", choices=CLIENTS, help="read Kafka with this client instead of kafka.client"
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument(
         "--metrics-port",
@@ -320,26 +432,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backfill)
 
     v = sub.add_parser("validate", help="compare Kafka and the stream, per partition")
-    v.add_argument("stream", help="stream name or config path")
+    v.add_argument("stream", help=STREAM_HELP)
     v.add_argument("--json", action="store_true", help="print the report as JSON")
-    v.add_argument("--client", choices=CLIENTS, help="read Kafka with this client")
+    v.add_argument(
+        "--client",
+        choices=CLIENTS,
+        help="read Kafka with this client (default: the one the mirror does not use)",
+    )
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run the runbook's notebooks for a stream into an audit archive")
-    r.add_argument("stream", help="stream name or config path")
+    r.add_argument("stream", help=STREAM_HELP)
     r.add_argument("--from", dest="start", help="resume at this step (id or name)")
     r.add_argument("--only", help="run just this step (id or name)")
-    r.add_argument("--audit", help="archive root (default ./audit)")
+    r.add_argument("--audit", help="archive root (default: ./audit)")
+    r.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a notebook parameter for the steps whose parameters cell declares NAME; VALUE "
+        "is a YAML scalar (500, 2.5, true, text); repeatable; never a secret",
+    )
     r.set_defaults(func=cmd_run)
 
     acl = sub.add_parser("acl", help="print the ACL SETUSER line of a role (least privilege)")
     acl.add_argument("role", help="mirror, validator, writer, consumer or operator")
-    acl.add_argument("stream", help="stream name or config path")
-    acl.add_argument("--user", default=None, help="the ACL user (default ferry-<role>)")
+    acl.add_argument("stream", help=STREAM_HELP)
+    acl.add_argument("--user", default=None, help="the ACL user (default: ferry-ROLE)")
     acl.set_defaults(func=cmd_acl)
 
     a = sub.add_parser("audit", help="check an archived run, or make the operator's key pair")
-    a.add_argument("action", choices=("verify", "keygen"))
+    a.add_argument(
+        "action",
+        choices=("verify", "keygen"),
+        help="verify: check an archived run (exit 6 when altered); keygen: make a key pair",
+    )
     a.add_argument("folder", help="verify: audit/<stream>/<run-id>; keygen: where the keys go")
     a.add_argument(
         "--offline",
@@ -349,17 +477,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_audit)
 
     ph = sub.add_parser("phase", help="show (or --set) the migration phase and the writers")
-    ph.add_argument("stream")
+    ph.add_argument("stream", help=STREAM_HELP)
     ph.add_argument(
-        "--set", choices=("kafka-only", "dual-write", "draining", "redis-primary", "redis-only")
+        "--set",
+        choices=("kafka-only", "dual-write", "draining", "redis-primary", "redis-only"),
+        help="move the migration to this phase (default: only show it)",
     )
-    ph.add_argument("--reason", default="")
+    ph.add_argument(
+        "--reason", default="", help="why, recorded in the events stream (default: 'ferry phase')"
+    )
     ph.set_defaults(func=cmd_phase)
 
     co = sub.add_parser(
         "cutover", help="draining, then redis-primary within the pause bound, or abort"
     )
-    co.add_argument("stream")
+    co.add_argument("stream", help=STREAM_HELP)
     co.add_argument("--pause-bound", type=float, default=1.0, help="seconds writers may be held")
     co.add_argument(
         "--lag-threshold", type=int, default=10_000, help="mirror lag allowed before draining"
@@ -369,36 +501,45 @@ def build_parser() -> argparse.ArgumentParser:
     tg = sub.add_parser(
         "translate-group", help="turn a Kafka group's offsets into a Redis consumer group"
     )
-    tg.add_argument("stream")
-    tg.add_argument("group")
+    tg.add_argument("stream", help=STREAM_HELP)
+    tg.add_argument(
+        "group", help="the Kafka consumer group (it must have committed offsets on the topic)"
+    )
     tg.set_defaults(func=cmd_translate_group)
 
     tr = sub.add_parser("traffic", help="send payment events through a DualWriter at a steady rate")
-    tr.add_argument("stream")
-    tr.add_argument("--rate", type=float, default=2000.0, help="msg/s")
+    tr.add_argument("stream", help=STREAM_HELP)
+    tr.add_argument("--rate", type=float, default=2000.0, help="messages per second")
     tr.add_argument("--seconds", type=float, help="stop after this long (default: until SIGTERM)")
-    tr.add_argument("--seed", type=int, default=1)
+    tr.add_argument("--seed", type=int, default=1, help="random seed of the generated events")
     tr.set_defaults(func=cmd_traffic)
 
     gc = sub.add_parser(
         "group-consumer",
         help="a consumer group member that reads Kafka, then Redis after the hand-over (step 05)",
     )
-    gc.add_argument("stream")
-    gc.add_argument("group")
+    gc.add_argument("stream", help=STREAM_HELP)
+    gc.add_argument("group", help="the Kafka consumer group it joins")
     gc.add_argument("--log", required=True, help="file to append what it processed (JSON lines)")
     gc.set_defaults(func=cmd_group_consumer)
 
     sd = sub.add_parser("seed-demo", help="create and fill the demo topic on the running services")
-    sd.add_argument("--records", type=int, default=200_000)
-    sd.add_argument("--partitions", type=int, default=6)
+    sd.add_argument("--records", type=int, default=200_000, help="records to produce")
+    sd.add_argument("--partitions", type=int, default=6, help="partitions of the topic")
     sd.set_defaults(func=cmd_seed_demo)
 
     d = sub.add_parser(
         "demo", help="run the whole runbook on a seeded demo topic on fresh embedded services"
     )
-    d.add_argument("--records", type=int, default=200_000)
-    d.add_argument("--partitions", type=int, default=6)
+    d.add_argument("--records", type=int, default=200_000, help="records seeded before the run")
+    d.add_argument("--partitions", type=int, default=6, help="partitions of the demo topic")
+    d.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        metavar="MSGS",
+        help="live traffic through the DualWriter during the run, messages per second",
+    )
     d.set_defaults(func=cmd_demo)
 
     from ferry.lab import cmd_lab
@@ -428,15 +569,15 @@ def main(argv: list[str] | None = None) -> int:
     faults.addHandler(handler)
     faults.setLevel(logging.INFO)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except FerryError as exc:
         print(f"ferry: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_code_for(exc)
     except redis.RedisError as exc:  # a Redis fault outside the paths that wait them out
         cause = transient_cause(exc)
         text = f"{cause}: {' '.join(str(exc).split())[:200]}" if cause else None
         print(f"ferry: error: {text or describe_permanent(exc, None)}", file=sys.stderr)
-        return 2
+        return exit_code_for(exc)
     except ModuleNotFoundError as exc:  # an optional extra's module: one line naming the extra
         from ferry.extras import explain
 
@@ -444,10 +585,10 @@ def main(argv: list[str] | None = None) -> int:
         if text is None:
             raise
         print(f"ferry: error: {text}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     except KeyboardInterrupt:
         print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     finally:
         faults.removeHandler(handler)
 

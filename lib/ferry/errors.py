@@ -15,8 +15,20 @@ class ServiceError(FerryError):
     """An embedded service could not be started, found or stopped."""
 
 
+class UsageError(FerryError):
+    """The command line asks for something ferry cannot do (exit status 2, as argparse's)."""
+
+
+class ConnectivityError(FerryError):
+    """Kafka or Redis could not be reached (refused, timed out, away beyond the deadline)."""
+
+
 class KafkaError(FerryError):
     """Kafka could not be reached or answered with an error."""
+
+
+class KafkaUnreachableError(ConnectivityError, KafkaError):
+    """No broker of ``kafka.bootstrap_servers`` answered in time."""
 
 
 class TopicNotFoundError(KafkaError):
@@ -34,6 +46,10 @@ class OffsetRangeError(KafkaError):
 
 class RedisTargetError(FerryError):
     """Redis could not be reached, refused the credentials, or is unsafe for streams."""
+
+
+class RedisUnreachableError(ConnectivityError, RedisTargetError):
+    """Redis did not answer: connection refused or lost, or away beyond ``redis.fault_deadline``."""
 
 
 class ForeignStreamError(RedisTargetError):
@@ -59,3 +75,11 @@ class IntegrityError(FerryError):
 
 class GateFailed(FerryError):
     """A runbook step did not achieve what it must; the message names the step's failed checks."""
+
+
+class HandoverError(FerryError):
+    """The group cannot be translated faithfully (say, the mirror is behind it)."""
+
+
+class NoCommittedOffsetsError(HandoverError):
+    """The Kafka group has committed no offset on the topic (a misspelt or unrelated group)."""

@@ -12,15 +12,11 @@ import tenacity
 
 from ferry.config import StreamConfig
 from ferry.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record, shadow_of
-from ferry.errors import FerryError, KafkaError
+from ferry.errors import HandoverError, KafkaError, NoCommittedOffsetsError
 from ferry.ingest import MigrationKeys, migration_keys, read_state
 from ferry.kafka_source import open_source
 from ferry.redis_target import connect_redis
 from ferry.validate import read_kafka_range, scan_stream
-
-
-class HandoverError(FerryError):
-    """The group cannot be translated faithfully (say, the mirror is behind it)."""
 
 
 @dataclass(frozen=True)
@@ -137,12 +133,19 @@ def translate_group(
     config: StreamConfig, group: str, committed: dict[int, int] | None = None
 ) -> Translation:
     """Create the Redis consumer group for a Kafka group (merged layout) and store the
-    translated offsets beside it. Refuses when the mirror has not reached the group."""
+    translated offsets beside it. Refuses when the mirror has not reached the group, and
+    (offsets read from Kafka) a group with no committed offset on the topic."""
     if config.redis.layout != "merged":
         raise HandoverError(
             "translate-group handles the merged layout; per-partition layout is not built yet"
         )
-    committed = read_committed_offsets(config, group) if committed is None else committed
+    if committed is None:
+        committed = read_committed_offsets(config, group)
+        if not committed:  # before anything exists in Redis: a misspelt group leaves no trace
+            raise NoCommittedOffsetsError(
+                f"Kafka group {group!r} has no committed offset on topic {config.kafka.topic!r} "
+                "(check the group's name; a group that consumed nothing has nothing to hand over)"
+            )
     client = connect_redis(config)
     keys = migration_keys(config)
     starts, frontiers = read_state(client, keys)

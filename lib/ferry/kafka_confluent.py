@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec
 from ferry.broker import BrokerTraits, broker_traits
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
-from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
+from ferry.errors import KafkaError, KafkaUnreachableError, OffsetRangeError, TopicNotFoundError
 from ferry.kafka_source import CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, TopicInfo, topic_id_text
 
 # Consumer settings ferry relies on; a user cannot turn these off.
@@ -105,7 +105,9 @@ class ConfluentSource:
             return self.admin.list_topics(timeout=CONNECT_TIMEOUT_S).cluster_id
         except KafkaException as exc:
             self.admin.poll(0)  # error callbacks are served on poll
-            raise KafkaError(connect_failure(self.bootstrap, exc, self.errors)) from exc
+            message = connect_failure(self.bootstrap, exc, self.errors)
+            unreachable = message.startswith("cannot reach")  # else refused: credentials, TLS
+            raise (KafkaUnreachableError if unreachable else KafkaError)(message) from exc
 
     def _metadata(self):
         try:
@@ -113,7 +115,7 @@ class ConfluentSource:
             # brokers that auto-create topics)
             meta = self.consumer.list_topics(self.topic, timeout=CONNECT_TIMEOUT_S)
         except KafkaException as exc:
-            raise KafkaError(
+            raise KafkaUnreachableError(
                 f"cannot reach Kafka at {self.bootstrap} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
             ) from exc
         topic = meta.topics.get(self.topic)

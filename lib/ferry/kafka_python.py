@@ -15,7 +15,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from ferry.broker import BrokerTraits, broker_traits
 from ferry.config import KafkaSettings
 from ferry.entries import KafkaRecord
-from ferry.errors import KafkaError, OffsetRangeError, TopicNotFoundError
+from ferry.errors import KafkaError, KafkaUnreachableError, OffsetRangeError, TopicNotFoundError
 from ferry.kafka_source import CONNECT_TIMEOUT_S, PROBE_TIMEOUT_S, TopicInfo, topic_id_text
 
 
@@ -51,7 +51,9 @@ class KafkaPythonSource:
             with _connect_log(seen):
                 self.consumer = self._open_consumer(name)
         except kerr.KafkaError as exc:
-            raise KafkaError(_connect_failure(bootstrap, exc, seen)) from exc
+            message = _connect_failure(bootstrap, exc, seen)
+            unreachable = message.startswith("cannot reach")  # else refused: credentials, TLS
+            raise (KafkaUnreachableError if unreachable else KafkaError)(message) from exc
 
     def _open_consumer(self, name: str) -> KafkaConsumer:
         return KafkaConsumer(

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import redis
 import tenacity
 
-from ferry.errors import FerryError, RedisTargetError
+from ferry.errors import FerryError, RedisTargetError, RedisUnreachableError
 
 log = logging.getLogger("ferry.redis")
 
@@ -58,6 +58,14 @@ def transient_cause(exc: BaseException) -> str | None:
             if text.startswith(prefix):
                 return cause
     return None
+
+
+def unavailable(exc: BaseException) -> bool:
+    """A transient fault that means Redis cannot serve at all (down, unreachable, loading, in
+    a failover), as against one it answers (out of memory)."""
+    while isinstance(exc, RedisTargetError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return transient_cause(exc) is not None and not isinstance(exc, redis.OutOfMemoryError)
 
 
 def tls_refused(exc: BaseException) -> bool:
@@ -162,12 +170,13 @@ def ride_out(
                 raise
             raise RedisTargetError(describe_permanent(exc, user)) from exc
         detail = " ".join(str(exc).split())[:200]
+        error = RedisUnreachableError if unavailable(exc) else RedisTargetError
         if should_stop():
-            raise RedisTargetError(
+            raise error(
                 f"stopped while waiting for Redis ({cause}): {detail}; what was written is "
                 "consistent and a rerun resumes from the frontier"
             ) from exc
-        raise RedisTargetError(
+        raise error(
             f"gave up after {deadline_s:.0f}s (redis.fault_deadline): {cause}: {detail}"
         ) from exc
     if state.cause is not None:

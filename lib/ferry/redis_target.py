@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis
 
 from ferry.config import RedisSentinel, RedisSettings, RedisTls, StreamConfig
-from ferry.errors import RedisTargetError
+from ferry.errors import RedisTargetError, RedisUnreachableError
 from ferry.redis_faults import redact_url, tls_refused
 
 CONNECT_TIMEOUT_S = 5.0
@@ -66,7 +66,7 @@ def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
                 f"the TLS handshake with Redis at {url} failed (check redis.tls.ca_file, the "
                 f"client certificate, and that the server's certificate names this host): {exc}"
             ) from exc
-        raise RedisTargetError(
+        raise RedisUnreachableError(
             f"cannot reach Redis at {url} within {CONNECT_TIMEOUT_S:.0f}s: {exc}"
         ) from exc
     return client

@@ -129,9 +129,12 @@ class Mirror:
             raise AssertionError(f"the following mirror died: {self.result['error']!r}")
 
 
-def backfill_cli_error(doc: dict, folder, env: dict | None = None) -> tuple[str, str]:
+def backfill_cli_error(
+    doc: dict, folder, env: dict | None = None, status: int = 1
+) -> tuple[str, str]:
     """Run ``ferry backfill`` on the config ``doc`` and require an expected failure: exit
-    2, exactly one ``ferry: error:`` line, no traceback. Returns (that line, all of stderr)."""
+    ``status`` (1: any other error; see ferry.exitcodes), exactly one ``ferry: error:`` line,
+    no traceback. Returns (that line, all of stderr)."""
     import os
     import subprocess
 
@@ -147,7 +150,7 @@ def backfill_cli_error(doc: dict, folder, env: dict | None = None) -> tuple[str,
     )
     err = proc.stderr.decode()
     lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
-    assert proc.returncode == 2, err
+    assert proc.returncode == status, err
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0], err
 

@@ -109,7 +109,7 @@ def test_cli_reports_invalid_config_field(tmp_path):
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2
+    assert done.returncode == 3  # configuration error
     assert (
         f"ferry: error: {bad}: kafka.client: 'java' is not one of confluent, kafka-python"
         in done.stderr

@@ -139,7 +139,7 @@ def test_log_start_past_the_position_is_a_typed_error(make_stream, tmp_path):
         backfill(stream.config, progress=False)
     config_file = stream.write_config(tmp_path / "s.yaml")
     proc = subprocess.run(ferry_cli("backfill", config_file, "--no-progress"), capture_output=True)
-    assert proc.returncode == 2
+    assert proc.returncode == 6  # data integrity: records gone before they were copied
     assert proc.stderr.decode().strip().count("\n") == 0, proc.stderr  # one line, no traceback
     assert b"records 100..149" in proc.stderr
 
@@ -181,7 +181,7 @@ def test_topic_recreated_under_the_same_name_stops_every_verb(make_stream, tmp_p
     config_file = stream.write_config(tmp_path / "s.yaml")
     for args in (("backfill", config_file, "--no-progress"), ("validate", config_file)):
         proc = subprocess.run(ferry_cli(*args), capture_output=True)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 6, proc.stderr  # data integrity: not the armed topic
         assert b"recreated" in proc.stderr and b"Traceback" not in proc.stderr
 
 

@@ -174,7 +174,7 @@ def test_one_shot_backfill_gives_up_after_its_deadline(make_stream, own_redis, t
     stream = make_stream(seed(100, 2), partitions=2)
     doc, _ = on_own_redis(stream, own_redis, fault_deadline="2s")
     own_redis.kill()
-    line, _ = backfill_cli_error(doc, tmp_path)
+    line, _ = backfill_cli_error(doc, tmp_path, status=4)  # unreachable
     assert "gave up after 2s" in line and "unreachable" in line, line
     assert f"127.0.0.1:{own_redis.port}" in line
 
@@ -345,7 +345,7 @@ def test_a_follow_process_told_to_stop_while_waiting_stops(
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
-    assert proc.returncode == 2, text
+    assert proc.returncode == 4, text  # Redis unreachable
     errors = [line for line in text.splitlines() if line.startswith("ferry: error:")]
     assert len(errors) == 1 and "stopped while waiting for Redis" in errors[0], text
     assert "Traceback" not in text, text

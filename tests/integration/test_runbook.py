@@ -131,7 +131,7 @@ def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == 6  # data integrity
     assert done.stdout.strip() == "03-backfill.ipynb: altered (sha256 differs from the manifest)"
 
 
@@ -226,7 +226,7 @@ def test_a_rebuilt_archive_is_caught_by_its_anchor(runbook_stream, tmp_path, mon
     assert verify_archive(result.folder) == []
     # ...but not one whose head matches the anchor recorded when the run ended
     done = subprocess.run(verify, capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 1 and "manifest was rebuilt" in done.stdout, done
+    assert done.returncode == 6 and "manifest was rebuilt" in done.stdout, done
 
     # and an anchor forged beside it, without the operator's key, does not verify
     loaded = load_config(str(config))
@@ -241,4 +241,4 @@ def test_a_rebuilt_archive_is_caught_by_its_anchor(runbook_stream, tmp_path, mon
         key_id=json.loads((result.folder / "manifest.sig").read_text())["key_id"],
     )
     done = subprocess.run(verify, capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 1 and "not signed by that key" in done.stdout, done
+    assert done.returncode == 6 and "not signed by that key" in done.stdout, done

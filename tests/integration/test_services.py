@@ -33,7 +33,7 @@ def test_up_status_down(tmp_path):
         assert probe_kafka(host, int(port)) and probe_redis(body["redis_url"])
         assert (tmp_path / "services" / "kafka.log").exists()
         again = ferry("services", "up", "--folder", str(tmp_path))
-        assert again.returncode == 2 and "already run" in again.stderr
+        assert again.returncode == 1 and "already run" in again.stderr
     finally:
         down = ferry("services", "down", "--folder", str(tmp_path))
     assert down.returncode == 0 and down.stdout.strip() == "stopped"
@@ -52,7 +52,7 @@ def test_missing_redis_binary_is_named(monkeypatch, tmp_path):
     done = ferry(
         "services", "up", "--folder", str(tmp_path), env={"FERRY_REDIS_SERVER": "/nope/redis"}
     )
-    assert done.returncode == 2 and "ferry: error: FERRY_REDIS_SERVER='/nope/redis'" in done.stderr
+    assert done.returncode == 1 and "ferry: error: FERRY_REDIS_SERVER='/nope/redis'" in done.stderr
     # the broker started first was stopped again: nothing is left recorded as running
     assert not (tmp_path / "services" / "services.json").exists()
 
@@ -63,5 +63,5 @@ def test_embedded_reference_without_services_is_a_clear_error(tmp_path, monkeypa
         "name: s\nkafka: {bootstrap_servers: embedded, topic: s}\nredis: {url: embedded}\n"
     )
     done = ferry("backfill", str(config), env={"FERRY_HOME": str(tmp_path / "empty")})
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "no embedded services recorded" in done.stderr and "ferry services up" in done.stderr

@@ -103,5 +103,5 @@ def test_cli_json_and_exit_status(make_stream, redis_client, tmp_path):
     } <= set(body["partitions"][0])
     redis_client.xdel(stream.config.redis.stream, entries[0][0])
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1
+    assert bad.returncode == 6  # data integrity
     assert json.loads(bad.stdout)["missing"] == 1
