@@ -3,23 +3,42 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: demo test soak bench bench-live lint format lab services-up services-down clean kafka-jars
+# every install is held to constraints.txt (make lock), so a run records exactly what ran
+CONSTRAINTS := -c constraints.txt
+
+.PHONY: demo test soak bench bench-live lint format lab lock services-up services-down clean kafka-jars
 
 # the (Kafka broker, Redis server) pairs every integration test body runs on
 FERRY_TEST_STACKS ?= tansu/redis,tansu/valkey,apache:3.7/redis,apache:3.7/valkey,apache:4.x/redis
 export FERRY_TEST_STACKS
 
-$(VENV)/.installed: pyproject.toml
+# the core: mirror, validate, DualWriter, services and the CLI verbs that drive them
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e .
+	$(PIP) install $(CONSTRAINTS) -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.installed
-	$(PIP) install -e '.[dev]'
+# + the runbook (papermill, Great Expectations, charts): ferry run, ferry demo
+$(VENV)/.runbook: $(VENV)/.installed
+	$(PIP) install $(CONSTRAINTS) -e '.[runbook]'
 	touch $@
 
-demo: $(VENV)/.installed
+# + JupyterLab
+$(VENV)/.lab: $(VENV)/.runbook
+	$(PIP) install $(CONSTRAINTS) -e '.[lab]'
+	touch $@
+
+# + test and lint tools (includes runbook and lab: the notebooks are tested too)
+$(VENV)/.dev: $(VENV)/.lab
+	$(PIP) install $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+# constraints.txt from the virtualenv: the exact version of everything ferry[dev] needs
+lock: $(VENV)/.dev
+	$(PY) scripts/lock.py
+
+demo: $(VENV)/.runbook
 	$(VENV)/bin/ferry demo
 
 test: $(VENV)/.dev kafka-jars
@@ -49,11 +68,10 @@ format: $(VENV)/.dev
 	$(VENV)/bin/ruff check --fix lib tests bench
 	$(VENV)/bin/ruff format lib tests bench
 
-# JupyterLab on the runbook, against the embedded services (started and seeded if needed)
-lab: $(VENV)/.installed
-	$(VENV)/bin/ferry services status >/dev/null 2>&1 || $(VENV)/bin/ferry services up
-	$(VENV)/bin/ferry seed-demo
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+# JupyterLab on the runbook, against the embedded services (started and seeded if needed;
+# the ones it started are stopped when it exits or is interrupted; --allow-root as root)
+lab: $(VENV)/.lab
+	$(VENV)/bin/ferry lab
 
 services-up: $(VENV)/.installed
 	$(VENV)/bin/ferry services up
