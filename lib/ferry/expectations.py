@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ferry.datadocs import make_data_docs_offline
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 ZERO_COLUMNS = ("missing", "duplicates", "out_of_order", "mismatched", "extra", "unexplained_gaps")
@@ -86,6 +88,7 @@ def run_suites(partitions: pd.DataFrame, rows: pd.DataFrame, folder: Path) -> li
     target = folder / "data-docs"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(docs, target)
+    make_data_docs_offline(target)  # no CDN, no tracking image: the archive renders offline
     shutil.rmtree(project, ignore_errors=True)
     return outcomes
 
