@@ -46,81 +46,44 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     config = load_config(args.stream)
     should_stop = stop_on(signal.SIGTERM, *([signal.SIGINT] if args.follow else []))
-    on_batch = on_lag = on_fault = None
-    if args.metrics_port:
-        on_batch, on_lag, on_fault = serve_mirror_metrics(args.metrics_port, config.name)
+    metrics, addr = None, args.metrics_addr
+    if addr is None and args.metrics_port:  # deprecated spelling of 127.0.0.1:PORT
+        addr = f"127.0.0.1:{args.metrics_port}"
+    if addr is not None:
+        from ferry.metrics import parse_addr, serve_mirror_metrics
+
+        metrics = serve_mirror_metrics(parse_addr(addr), config.name, args.lag_stale_after)
+    on_lag = metrics.on_lag if metrics else None
     if args.follow:
-        on_lag = heartbeat_on_lag(config, on_lag)
+        from ferry.follower import heartbeat_on_lag
+
+        on_lag = heartbeat_on_lag(config, on_lag, addr)
     summary = backfill(
         config,
         follow=args.follow,
         client=args.client,
         progress=not args.no_progress,
         should_stop=should_stop,
-        on_batch=on_batch,
+        on_batch=metrics.on_batch if metrics else None,
         on_lag=on_lag,
-        on_redis_fault=on_fault,
+        on_redis_fault=metrics.on_redis_fault if metrics else None,
+        on_error=metrics.on_error if metrics else None,
     )
     print(json.dumps(summary.as_json()))
     return 0
 
 
-def heartbeat_on_lag(config, then):
-    """A follow mirror heartbeats (with its lag) so the runbook can tell it is live."""
-    import redis
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from ferry import follower
 
-    from ferry.follower import beat
-    from ferry.ingest import migration_keys
-    from ferry.redis_target import connect_redis
-
-    keys = migration_keys(config)
-    client: list = []
-
-    def on_lag(values: dict[int, int]) -> None:
-        try:  # a beat missed while Redis is away is the signal that something is wrong
-            if not client:
-                client.append(connect_redis(config))
-            beat(client[0], keys, values)
-        except (redis.RedisError, FerryError):
-            pass
-        if then is not None:
-            then(values)
-
-    return on_lag
-
-
-def serve_mirror_metrics(port: int, stream: str):
-    """Prometheus endpoint of a running mirror: records written, frontier and lag per partition."""
-    from prometheus_client import Counter, Gauge, start_http_server
-
-    written = Counter("ferry_mirror_records", "records the mirror appended", ["stream"])
-    frontier = Gauge("ferry_mirror_frontier", "last offset in the stream", ["stream", "partition"])
-    lag = Gauge(
-        "ferry_mirror_lag",
-        "records Kafka holds beyond what the mirror read",
-        ["stream", "partition"],
-    )
-    waiting = Gauge("ferry_redis_waiting", "1 while the mirror waits out a Redis fault", ["stream"])
-    faults = Counter(
-        "ferry_redis_fault_retries", "calls made again after a transient Redis fault", ["stream"]
-    )
-    seen = {"waits": 0}
-    start_http_server(port, addr="127.0.0.1")
-
-    def on_batch(partition: int, offset: int, appended: int) -> None:
-        written.labels(stream).inc(appended)
-        frontier.labels(stream, str(partition)).set(offset)
-
-    def on_lag(values: dict[int, int]) -> None:
-        for partition, value in values.items():
-            lag.labels(stream, str(partition)).set(value)
-
-    def on_fault(state) -> None:
-        waiting.labels(stream).set(1 if state.cause else 0)
-        faults.labels(stream).inc(state.waits - seen["waits"])
-        seen["waits"] = state.waits
-
-    return on_batch, on_lag, on_fault
+    config = load_config(args.stream)
+    if args.action == "status":
+        status = follower.mirror_status(config)
+        print(json.dumps(status, indent=2) if args.json else follower.format_status(status))
+        return 0 if status["live"] else follower.MIRROR_NOT_LIVE
+    result = follower.stop_mirror(config, wait_s=args.wait)
+    print(result.message)
+    return 0 if result.stopped else follower.MIRROR_NOT_LIVE
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
@@ -396,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
         version=f"ferry {installed_version()}",
         help="print the installed version of ferry and exit",
     )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="ferry's log on stderr from this level (default: INFO; DEBUG also shows every "
+        "line of the Kafka clients, which are otherwise WARNING+ and throttled)",
+    )
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object a line")
+    parser.add_argument("--log-file", help="append the log to this file instead of stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("services", help="start, stop or show the embedded Kafka and Redis")
@@ -425,11 +397,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on HOST:PORT (0.0.0.0:9108 to be scraped from other "
+        "hosts or pods); series in README.md, Metrics",
+    )
+    b.add_argument(
         "--metrics-port",
         type=int,
-        help="serve Prometheus metrics (lag per partition) on 127.0.0.1:PORT",
+        metavar="PORT",
+        help="deprecated: the same as --metrics-addr 127.0.0.1:PORT (this host only)",
+    )
+    b.add_argument(
+        "--lag-stale-after",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="drop the lag series and set ferry_mirror_lag_stale to 1 when no lag was measured "
+        "for this long (default: 15)",
     )
     b.set_defaults(func=cmd_backfill)
+
+    m = sub.add_parser(
+        "mirror",
+        help="show or stop the follow mirror of a stream (exit 0: live or stopped, 1: not)",
+    )
+    m.add_argument(
+        "action",
+        choices=("status", "stop"),
+        help="status: is it live, its lag and heartbeat; stop: ask it to stop and wait",
+    )
+    m.add_argument("stream", help=STREAM_HELP)
+    m.add_argument("--json", action="store_true", help="status: print it as JSON")
+    m.add_argument("--wait", type=float, default=30.0, help="stop: seconds to wait for it to exit")
+    m.set_defaults(func=cmd_mirror)
 
     v = sub.add_parser("validate", help="compare Kafka and the stream, per partition")
     v.add_argument("stream", help=STREAM_HELP)
@@ -556,18 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     import redis
 
+    from ferry.logs import configure_logging, reset_logging
     from ferry.redis_faults import describe_permanent, transient_cause
 
     args = build_parser().parse_args(argv)
-    faults = logging.getLogger("ferry.redis")  # the mirror's waits for Redis, one line each
-    handler = logging.StreamHandler(sys.stderr)  # this call's stderr, removed when it returns
-    handler.setFormatter(logging.Formatter("ferry: %(asctime)s %(message)s"))
-    faults.addHandler(handler)
-    faults.setLevel(logging.INFO)
+    configure_logging(args.log_level, json=args.log_json, file=args.log_file)
     try:
         return int(args.func(args))
     except FerryError as exc:
@@ -590,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)
         return ExitCode.INTERRUPTED
     finally:
-        faults.removeHandler(handler)
+        reset_logging()  # main() called in-process leaves no handler behind
 
 
 if __name__ == "__main__":

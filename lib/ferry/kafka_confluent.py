@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 from confluent_kafka import (
     Consumer,
@@ -78,8 +79,10 @@ class ConfluentSource:
         self.topic = settings.topic
         self.bootstrap = bootstrap
         self.base = client_settings(settings, bootstrap)
-        self.errors: list = []  # what librdkafka reported while connecting (the real cause)
-        self.base["error_cb"] = self.errors.append
+        # what librdkafka reported lately (while connecting: the real cause), and how many
+        self.errors: deque = deque(maxlen=100)
+        self.read_errors = 0
+        self.base["error_cb"] = self._on_error
         self.admin = AdminClient(self.base)
         self.traits: BrokerTraits = broker_traits(self._cluster_id(), settings.broker)
         self.consumer = Consumer(
@@ -98,6 +101,10 @@ class ConfluentSource:
         self.eof: dict[int, int] = {}  # end-of-partition offsets seen since the last seek
         self.ends_exact = True  # False when the last partition ends are a best guess
         self._probe: Consumer | None = None
+
+    def _on_error(self, err) -> None:
+        self.errors.append(err)
+        self.read_errors += 1
 
     # --- metadata -------------------------------------------------------------------------
     def _cluster_id(self) -> str | None:
@@ -326,6 +333,7 @@ class ConfluentSource:
                     raise TopicNotFoundError(f"topic {self.topic!r} disappeared: {err.str()}")
                 if err.fatal() or not err.retriable():
                     raise KafkaError(f"reading {self.topic!r}: {err.str()}")
+                self.read_errors += 1
                 continue
             headers = m.headers()
             append(

@@ -7,7 +7,9 @@ resumes at ``frontier[p] + 1``.
 
 from __future__ import annotations
 
+import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +46,9 @@ LIVE_SLACK = 10_000  # offsets below (end at start - this) are settled history
 GAP_RECHECK_S = 0.2
 TOPIC_CHECK_S = 5.0  # how often a following mirror looks for new partitions
 FOLLOW_WAIT_S = 0.01  # a caught-up mirror's read wait (the client's own fetch wait still applies)
+PROGRESS_LOG_S = 30.0  # a progress line this often (INFO on ferry.mirror)
+
+log = logging.getLogger("ferry.mirror")
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ def backfill(
     on_batch: Callable[[int, int, int], None] | None = None,
     on_lag: Callable[[dict[int, int]], None] | None = None,
     on_redis_fault: Callable[[FaultState], None] | None = None,
+    on_error: Callable[[str, int], None] | None = None,
 ) -> BackfillSummary:
     """Copy the topic from the configured start (or the frontier) into the stream.
 
@@ -177,6 +183,10 @@ def backfill(
     Transient Redis faults are waited out (see :mod:`ferry.redis_faults`): for ever with
     ``follow``, else up to ``redis.fault_deadline``; ``on_redis_fault(state)`` is told when
     a wait starts, changes cause or ends.
+
+    ``on_error(kind, count)`` counts what went wrong and was handled: ``"kafka_read"``
+    (errors the Kafka client reported, about once a second) and ``"refused_batch"`` (from a
+    writer thread). Progress is logged at INFO on ``ferry.mirror``.
     """
     keys = migration_keys(config)
     rides = _Rides(config, follow, should_stop, on_redis_fault)
@@ -206,7 +216,17 @@ def backfill(
             starts, frontiers = rides.call(lambda: read_state(target, keys))
         check_resumable(info, frontiers)
         return _run(
-            config, source, target, info, frontiers, follow, progress, rides, on_batch, on_lag
+            config,
+            source,
+            target,
+            info,
+            frontiers,
+            follow,
+            progress,
+            rides,
+            on_batch,
+            on_lag,
+            on_error,
         )
     finally:
         source.close()
@@ -256,7 +276,9 @@ class _Rides:
         )
 
 
-def _run(config, source, target, info, frontiers, follow, progress, rides, on_batch, on_lag):
+def _run(
+    config, source, target, info, frontiers, follow, progress, rides, on_batch, on_lag, on_error
+):
     should_stop = rides.should_stop
     keys = migration_keys(config)
     traits = source.traits
@@ -291,7 +313,9 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
     limits = rides.call(lambda: read_server_limits(target))
     writers = [
         threading.Thread(
-            target=_write_loop, args=(ingestor, q, shared, bar, on_batch, rides), daemon=True
+            target=_write_loop,
+            args=(ingestor, q, shared, bar, on_batch, rides, on_error),
+            daemon=True,
         )
         for q in queues
     ]
@@ -302,6 +326,7 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
         pos[p] = read_to
 
     started = time.monotonic()
+    report = _Progress(config, source, shared, started, follow, total, on_error)
     for writer in writers:
         writer.start()
     try:
@@ -314,9 +339,12 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
             if shared.error is not None:
                 break
             now = time.monotonic()
-            if on_lag is not None and now >= next_lag:
+            if now >= next_lag:
                 next_lag = now + 1.0
-                on_lag(_read_lag(source, pos, active))
+                lag = _read_lag(source, pos, active)
+                report.tick(now, lag)
+                if on_lag is not None:
+                    on_lag(lag)
             if follow and now >= next_topic_check:
                 next_topic_check = now + TOPIC_CHECK_S
                 added = _add_new_partitions(config, source, target, keys, info, pos, rides)
@@ -392,6 +420,7 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
             writer.join()
         if bar is not None:
             bar.close()
+        report.end(should_stop())
     if shared.error is not None:
         raise shared.error
     _, frontiers = rides.call(lambda: read_state(target, keys))
@@ -407,6 +436,70 @@ def _run(config, source, target, info, frontiers, follow, progress, rides, on_ba
         complete=not follow and len(done) == len(info.partitions),
         gap_rechecks=gaps.rechecks,
     )
+
+
+class _Progress:
+    """The mirror's log lines: start, caught up, every PROGRESS_LOG_S, end; and the Kafka
+    client's error count, handed to ``on_error``."""
+
+    def __init__(self, config, source, shared, started, follow, total, on_error) -> None:
+        self.name, self.source, self.shared = config.name, source, shared
+        self.started, self.follow, self.on_error = started, follow, on_error
+        self.next_line = started + PROGRESS_LOG_S
+        self.caught_up = False
+        self.errors_seen = getattr(source, "read_errors", 0)
+        self.lag: dict[int, int] = {}
+        log.info(
+            "backfill %s: %s -> %s, %d records to copy%s (client %s)",
+            config.name,
+            config.kafka.topic,
+            config.redis.stream,
+            total,
+            ", then following" if follow else "",
+            source.client_name,
+        )
+
+    def tick(self, now: float, lag: dict[int, int]) -> None:
+        self.lag = lag
+        errors = getattr(self.source, "read_errors", 0)
+        if errors > self.errors_seen:
+            if self.on_error is not None:
+                self.on_error("kafka_read", errors - self.errors_seen)
+            self.errors_seen = errors
+        if self.follow and not self.caught_up and lag and not any(lag.values()):
+            self.caught_up = True
+            log.info(
+                "backfill %s: caught up after %.1fs, %d records written; following",
+                self.name,
+                now - self.started,
+                self.shared.records,
+            )
+        if now >= self.next_line:
+            self.next_line = now + PROGRESS_LOG_S
+            seconds = now - self.started
+            log.info(
+                "backfill %s: %d records written in %.0fs (%.0f/s), lag %d, %d refused batches",
+                self.name,
+                self.shared.records,
+                seconds,
+                self.shared.records / seconds if seconds else 0.0,
+                sum(lag.values()),
+                self.shared.refused_batches,
+            )
+
+    def end(self, stopped: bool) -> None:
+        error = self.shared.error or sys.exc_info()[1]  # called from a finally
+        if error is not None:
+            how = f"failed ({type(error).__name__})"
+        else:
+            how = "stopped" if stopped else "finished"
+        log.info(
+            "backfill %s: %s after %.1fs, %d records written",
+            self.name,
+            how,
+            time.monotonic() - self.started,
+            self.shared.records,
+        )
 
 
 def _add_new_partitions(config, source, target, keys, info, pos, rides) -> list[int]:
@@ -534,7 +627,7 @@ def _send(ingestor: Ingestor, batches: list[_Batch]) -> list:
 
 
 def _write_loop(
-    ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_batch, rides: _Rides
+    ingestor: Ingestor, work: queue.Queue, shared: _Shared, bar, on_batch, rides: _Rides, on_error
 ) -> None:
     try:
         finished = False
@@ -559,6 +652,8 @@ def _write_loop(
                     with shared.lock:
                         shared.refused_batches += 1
                         shared.refused[b.partition] = (b.generation, result.frontier)
+                    if on_error is not None:
+                        on_error("refused_batch", 1)
                     continue
                 with shared.lock:
                     shared.records += result.appended
