@@ -352,7 +352,8 @@ EPILOG = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ferry", description=__doc__, epilog=EPILOG)
+    # no abbreviations at the top: `group-consumer --log` is not `--log-level`
+    parser = _Parser(prog="ferry", description=__doc__, epilog=EPILOG, allow_abbrev=False)
     parser.add_argument(
         "--version",
         action="version",

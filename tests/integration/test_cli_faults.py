@@ -14,6 +14,8 @@ from ferry.cli import main
 from ferry.seed import SeedRecord
 from ferry.services import free_port
 
+from .test_live import commit_group
+
 VERBS = {
     "backfill": ["backfill", "{cfg}", "--no-progress"],
     "validate": ["validate", "{cfg}"],
@@ -50,6 +52,8 @@ def test_every_verb_reports_a_redis_fault_in_one_line(
     if (verb, fault) == ("group-consumer", "wrong key type"):
         pytest.skip("the group consumer reads no key of the migration's state until step 05")
     stream = make_stream([SeedRecord(0, b"k", b"v", (), 1_700_000_000_000)], partitions=1)
+    if verb == "translate-group":  # a group with no committed offset is refused before Redis
+        commit_group(stream.bootstrap, stream.config.kafka.topic, "g1", {0: 0})
     doc = {**stream.doc, "redis": {**stream.doc["redis"], "fault_deadline": "1s"}}
     if fault == "redis down":
         doc["redis"]["url"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there

@@ -226,3 +226,8 @@ def test_demo_takes_a_rate(monkeypatch):
     monkeypatch.setattr(demo, "run_demo", lambda **kw: seen.update(kw) or 0)
     assert main(["demo", "--rate", "500", "--records", "1000"]) == 0
     assert seen == {"records": 1000, "partitions": 6, "rate": 500.0}
+
+
+def test_a_verb_option_is_never_taken_for_an_abbreviated_global_one():
+    args = build_parser().parse_args(["group-consumer", "s", "g", "--log", "out.jsonl"])
+    assert args.log == "out.jsonl"
