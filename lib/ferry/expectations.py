@@ -18,7 +18,7 @@ from ferry.datadocs import make_data_docs_offline
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 ZERO_COLUMNS = ("missing", "duplicates", "out_of_order", "mismatched", "extra", "unexplained_gaps")
-ROW_FIELDS = ("partition", "offset", "timestamp_ms", "entry_id")
+ROW_FIELDS = ("partition", "offset", "timestamp_ms")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _row_expectations(gx) -> list:
     out = [e.ExpectColumnValuesToNotBeNull(column=c) for c in ROW_FIELDS]
     out.append(e.ExpectColumnValuesToBeInSet(column="digest_match", value_set=[True]))
     out.append(e.ExpectCompoundColumnsToBeUnique(column_list=["partition", "offset"]))
-    out.append(e.ExpectColumnValuesToBeInSet(column="in_kafka", value_set=[True]))
+    out.append(e.ExpectColumnValuesToBeInSet(column="in_stream", value_set=[True]))
     return out
 
 
