@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from ferry.phases import (
     start_draining,
 )
 from ferry.redis_target import connect_redis
+
+log = logging.getLogger("ferry.cutover")
 
 
 class CutoverAborted(FerryError):
@@ -96,12 +99,19 @@ def run_cutover(
         f"{name} ({detail})" for name, ok, detail in cutover_gates(config, lag_threshold) if not ok
     ]
     if failed:
+        log.warning("cutover %s: gates failed, nothing changed: %s", config.name, "; ".join(failed))
         log_event(client, keys, "gate", step="cutover", ok=False, failed="; ".join(failed))
         raise CutoverAborted("cutover gates failed, nothing changed: " + "; ".join(failed))
     source = open_source(config)
     try:
         began = time.monotonic()
         state = start_draining(client, keys, reason="cutover")
+        log.info(
+            "cutover %s: draining (epoch %d), pause bound %.1fs",
+            config.name,
+            state.epoch,
+            pause_bound_s,
+        )
         deadline = began + pause_bound_s
         waiting = "writers and mirror"
         while time.monotonic() < deadline:
@@ -120,11 +130,18 @@ def run_cutover(
                 log_event(
                     client, keys, "cutover", ok=True, pause_ms=round(pause, 1), epoch=done.epoch
                 )
+                log.info(
+                    "cutover %s: redis-primary (epoch %d), writers paused %.1f ms",
+                    config.name,
+                    done.epoch,
+                    pause,
+                )
                 return report
             waiting = f"writers not acknowledged: {behind}" if behind else f"mirror lag {lag}"
             time.sleep(0.01)  # polling the registry and the lag within the bound
         abort_cutover(client, keys, reason=f"pause bound {pause_bound_s}s: {waiting}")
         log_event(client, keys, "cutover", ok=False, reason=waiting)
+        log.warning("cutover %s: aborted back to dual-write (%s)", config.name, waiting)
         raise CutoverAborted(
             f"cutover aborted back to dual-write after {pause_bound_s}s ({waiting}); writers resume, nothing lost"
         )

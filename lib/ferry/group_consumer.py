@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from ferry.reconcile import kafka_identity, record_identity
 from ferry.redis_target import connect_redis
 
 CHECK_EVERY_S = 0.2
+PROGRESS_LOG_S = 30.0
+logger = logging.getLogger("ferry.group_consumer")
 
 
 def _line(side: str, identity) -> str:
@@ -41,6 +44,14 @@ def run_group_consumer(
     """Consume until ``should_stop()``; returns how many records came from each side."""
     counts = {"kafka": 0, "redis": 0}
     client, keys = connect_redis(config), migration_keys(config)
+    logger.info("group-consumer %s: group %s as %s", config.name, group, name)
+    try:
+        return _run(config, group, log_path, should_stop, name, counts, client, keys)
+    finally:
+        logger.info("group-consumer %s: stopped (%s)", config.name, counts)
+
+
+def _run(config, group, log_path, should_stop, name, counts, client, keys) -> dict:
     with open(log_path, "a") as log:
         if not group_translated(client, keys, group):
             asked = functools.partial(handover_requested, client, keys, group)
@@ -49,8 +60,17 @@ def run_group_consumer(
             time.sleep(CHECK_EVERY_S)  # step 05 translates the group; bounded by should_stop
         if should_stop():
             return counts
+        logger.info(
+            "group-consumer %s: handed over after %d from Kafka; reading Redis",
+            config.name,
+            counts["kafka"],
+        )
         reader = StreamConsumer(config, group, name, batch=500, block_ms=200)
+        next_line = time.monotonic() + PROGRESS_LOG_S
         while not should_stop():
+            if time.monotonic() >= next_line:
+                next_line = time.monotonic() + PROGRESS_LOG_S
+                logger.info("group-consumer %s: %s", config.name, counts)
             batch = reader.poll()
             if batch:
                 log.writelines(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable
 
 from ferry.config import StreamConfig
+
+PROGRESS_LOG_S = 30.0
+log = logging.getLogger("ferry.traffic")
 
 
 def generate_traffic(
@@ -31,6 +35,8 @@ def generate_traffic(
     writer = DualWriter(config, poll_interval_s=0.1, producer_settings={"linger.ms": linger_ms})
     began = time.monotonic()
     sent = 0
+    next_line = began + PROGRESS_LOG_S
+    log.info("traffic %s: sending at %.0f msg/s (phase %s)", config.name, rate, writer.phase)
     try:
         while not should_stop() and (seconds is None or time.monotonic() - began < seconds):
             event = {
@@ -42,11 +48,22 @@ def generate_traffic(
                 json.dumps(event).encode(), key=f"acct_{rng.randrange(10_000):05d}".encode()
             )
             sent += 1
+            if sent % 256 == 0 and time.monotonic() >= next_line:
+                next_line = time.monotonic() + PROGRESS_LOG_S
+                log.info(
+                    "traffic %s: %d sent in %.0fs, phase %s, %d not accepted",
+                    config.name,
+                    sent,
+                    time.monotonic() - began,
+                    writer.phase,
+                    len(writer.failed),
+                )
             ahead = sent / rate - (time.monotonic() - began)
             if ahead > 0:
                 time.sleep(ahead)  # pacing to the requested rate
     finally:
         writer.close()
+        log.info("traffic %s: stopped after %d sent", config.name, sent)
     holds = sorted(writer.holds_ms)
     return {
         **writer.counts.__dict__,
