@@ -133,14 +133,47 @@ def final_report(folder: Path):
                 f"complete: {backfill['complete']}",
             )
         )
+    dual = load_evidence(folder, "dual-write.json")
+    if dual:
+        c, w = dual["canaries"], dual["window"]
+        rows.append(
+            (
+                "02 dual-write",
+                f"{len(dual['live_writers'])} writer(s) acknowledged epoch {dual['epoch']}; "
+                f"canaries sent {c['sent']}, in Redis {c['in_redis']}, identical in Kafka "
+                f"{c['identical_in_kafka']}; window {w['seconds']:.0f}s, {w['records']} records, "
+                f"divergence {w['divergence']}",
+            )
+        )
     validation = load_evidence(folder, "validation.json")
     if validation:
+        sample = load_evidence(folder, "row-sample.json") or {}
         rows.append(
             (
                 "04 validation",
                 f"kafka {validation['kafka_count']}, redis {validation['redis_count']}, "
                 f"missing {validation['missing']}, duplicates {validation['duplicates']}, "
-                f"misordered {validation['out_of_order']}, mismatched {validation['mismatched']}",
+                f"misordered {validation['out_of_order']}, mismatched {validation['mismatched']}"
+                + (
+                    f"; row sample {sample['distinct']} distinct records over partitions "
+                    f"{sample['partitions']}, digest mismatches {sample['mismatched']}"
+                    if sample
+                    else ""
+                ),
+            )
+        )
+    cutover = load_evidence(folder, "cutover.json")
+    if cutover:
+        groups = ", ".join(f"{g['group']} from {g['start_id']}" for g in cutover.get("groups", []))
+        writers = cutover.get("writer_pause_ms") or {}
+        rows.append(
+            (
+                "05 cutover",
+                f"pause {cutover['pause_ms']:.0f} ms (longest writer hold "
+                f"{max(writers.values(), default=0):.0f} ms, {len(writers)} writer(s)), "
+                f"epoch {cutover['epoch']}, lag at the switch "
+                f"{sum(cutover.get('lag_at_switch', {}).values())}; groups handed over: "
+                f"{groups or 'none'}",
             )
         )
     retention = load_evidence(folder, "retention.json")
@@ -152,4 +185,5 @@ def final_report(folder: Path):
                 f"lag threshold {retention['lag_threshold']}",
             )
         )
+    pd.set_option("display.max_colwidth", None)  # the report is evidence: never cut with "..."
     return pd.DataFrame(rows, columns=["step", "result"])

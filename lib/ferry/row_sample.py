@@ -24,6 +24,18 @@ from ferry.positions import read_record_at
 from ferry.redis_target import connect_redis
 
 SCAN_CHUNK = 5000
+COLUMNS = (
+    "partition",
+    "offset",
+    "entry_id",
+    "timestamp_ms",
+    "key_null",
+    "value_null",
+    "value_bytes",
+    "headers",
+    "in_stream",
+    "digest_match",
+)
 
 
 def draw_offsets(

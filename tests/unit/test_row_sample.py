@@ -24,3 +24,14 @@ def test_every_partition_is_drawn_in_proportion_to_its_range():
 def test_a_small_range_is_taken_whole():
     ranges = {0: (3, 6), 1: (0, 2)}
     assert draw_offsets(ranges, 200, random.Random(0)) == [(0, 3), (0, 4), (0, 5), (1, 0), (1, 1)]
+
+
+def test_a_row_has_exactly_the_published_columns():
+    from ferry.entries import KafkaRecord
+    from ferry.row_sample import COLUMNS, _row
+
+    record = KafkaRecord(1, 5, 1000, None, b"v", (("h", b"x"),))
+    assert tuple(_row(record, None)) == COLUMNS
+    assert tuple(_row(record, (b"1-0", record))) == COLUMNS
+    assert _row(record, (b"1-0", record))["digest_match"]
+    assert not _row(record, (b"1-0", record._replace(value=b"w")))["digest_match"]
