@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("stream", help=STREAM_HELP)
     r.add_argument("--from", dest="start", help="resume at this step (id or name)")
     r.add_argument("--only", help="run just this step (id or name)")
-    r.add_argument("--audit", help="archive root (default: ./audit)")
+    r.add_argument("--audit", help="archive root (default: $FERRY_HOME/audit if set, else ./audit)")
     r.add_argument(
         "-p",
         "--param",

@@ -8,6 +8,7 @@ reads every record of both sides and the consumer's log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,10 +19,11 @@ from pathlib import Path
 
 from ferry.audit import verify_archive
 from ferry.config import load_config
-from ferry.follower import live_follower, stop_follower
+from ferry.exitcodes import ExitCode
+from ferry.follower import live_follower, read_follower, stop_follower
 from ferry.handover import HandoverError, StreamConsumer
 from ferry.live_check import LiveReport, check_live_migration
-from ferry.runbook import project_root
+from ferry.runbook import audit_home, ferry_home, project_root
 from ferry.runner import run_runbook
 from ferry.seed import seed_demo_topic
 from ferry.services import embedded_services
@@ -33,33 +35,58 @@ SETTLE_S = 60.0
 
 def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) -> int:
     """Returns the exit status: 0 when every gate passed, the archive verifies and the
-    independent check finds nothing lost, doubled or misordered."""
+    independent check finds nothing lost, doubled or misordered; 5 when a step failed or the
+    check found a problem; 130 when interrupted (SIGINT, SIGTERM or SIGHUP), after stopping
+    everything it started."""
     root = project_root()
     config = load_config(root / DEMO_CONFIG)
-    home = root / ".ferry" / "demo"
+    audit_root = audit_home()  # before FERRY_HOME points at the demo's own folder
+    home = ferry_home() / "demo"
     os.environ["FERRY_HOME"] = str(home)
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     consumer_log = logs / "consumer-processed.jsonl"
     consumer_log.unlink(missing_ok=True)
-    with embedded_services(home / "services") as services:
-        broker = (
-            "Tansu" if services.kafka_kind == "tansu" else f"Apache Kafka {services.kafka_version}"
+    children: list[subprocess.Popen] = []
+    try:
+        with _interrupt_on_termination(), embedded_services(home / "services") as services:
+            broker = (
+                "Tansu"
+                if services.kafka_kind == "tansu"
+                else f"Apache Kafka {services.kafka_version}"
+            )
+            print(f"services: kafka {services.kafka_bootstrap} ({broker}), {services.redis_kind} {services.redis_url}")  # fmt: skip
+            seeded = seed_demo_topic(
+                services.kafka_bootstrap, config.kafka.topic, records, partitions
+            )
+            print(f"seeded {seeded} payment events (awkward records included) into {config.kafka.topic!r}")  # fmt: skip
+            traffic = _spawn(["traffic", "payments", "--rate", str(rate)], logs / "traffic.json")
+            children.append(traffic)
+            consumer = _spawn(
+                ["group-consumer", "payments", GROUP, "--log", str(consumer_log)], None
+            )
+            children.append(consumer)
+            print(
+                f"live: {rate:.0f} msg/s through DualWriter; consumer group {GROUP!r} reading Kafka"
+            )
+            try:
+                result = run_runbook("payments", audit_root=audit_root)
+            finally:
+                counts = _stop(traffic, logs / "traffic.json")
+                _settle(config)
+                _stop(consumer, None)
+                _stop_mirror(config)
+            report = check_live_migration(config, counts.get("sent", 0), consumer_log)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up
+        for child in children:
+            _stop(child, None, wait_s=10)
+        print(
+            "\ndemo interrupted: the traffic generator, the consumer, the follow mirror and the "
+            "embedded services it started are stopped; the migration did not complete",
+            file=sys.stderr,
         )
-        print(f"services: kafka {services.kafka_bootstrap} ({broker}), {services.redis_kind} {services.redis_url}")  # fmt: skip
-        seeded = seed_demo_topic(services.kafka_bootstrap, config.kafka.topic, records, partitions)
-        print(f"seeded {seeded} payment events (awkward records included) into {config.kafka.topic!r}")  # fmt: skip
-        traffic = _spawn(["traffic", "payments", "--rate", str(rate)], logs / "traffic.json")
-        consumer = _spawn(["group-consumer", "payments", GROUP, "--log", str(consumer_log)], None)
-        print(f"live: {rate:.0f} msg/s through DualWriter; consumer group {GROUP!r} reading Kafka")
-        try:
-            result = run_runbook("payments")
-        finally:
-            counts = _stop(traffic, logs / "traffic.json")
-            _settle(config)
-            _stop(consumer, None)
-            stop_follower(config)
-        report = check_live_migration(config, counts.get("sent", 0), consumer_log)
+        return ExitCode.INTERRUPTED
     problems = verify_archive(result.folder)
     print()
     for step in result.steps:
@@ -68,11 +95,44 @@ def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) 
     (home / "live-report.json").write_text(
         json.dumps({**report.as_json(), "cutover": cutover, "traffic": counts}, indent=2)
     )
+    if not result.ok:
+        failed = result.failed
+        print(
+            f"\nthe migration did not complete: step {failed.id} {failed.name} failed "
+            f"({failed.message}); the steps after it did not run. The check below covers "
+            "what was copied up to then."
+        )
     _print_report(report, cutover, counts)
     print(f"archive: {result.folder} ({'verified' if not problems else 'BROKEN: ' + '; '.join(problems)})")  # fmt: skip
     ok = result.ok and not problems and report.ok
     print("demo OK" if ok else "demo FAILED")
-    return 0 if ok else 1
+    if ok:
+        return ExitCode.OK
+    return ExitCode.GATE_FAILED if not result.ok else ExitCode.INTEGRITY
+
+
+@contextlib.contextmanager
+def _interrupt_on_termination():
+    """SIGTERM and SIGHUP end the demo the way Ctrl-C does, so its clean-up runs."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _stop_mirror(config) -> None:
+    """Stop the follow mirror step 03 started here, live or not (a stalled one too)."""
+    info = read_follower(config)
+    if info is not None and info.local:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info.pid, signal.SIGTERM)
+    stop_follower(config)
 
 
 def _spawn(args: list[str], out: Path | None) -> subprocess.Popen:
@@ -83,9 +143,15 @@ def _spawn(args: list[str], out: Path | None) -> subprocess.Popen:
         return subprocess.Popen(command, stdout=stdout)
 
 
-def _stop(proc: subprocess.Popen, out: Path | None) -> dict:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+def _stop(proc: subprocess.Popen, out: Path | None, wait_s: float = 120.0) -> dict:
+    """SIGTERM, then SIGKILL if it has not exited within ``wait_s``; its last JSON line."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     if out is None or not out.exists():
         return {}
     text = out.read_text().strip()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.errors import GateFailed
-from ferry.runbook import project_root
+from ferry.runbook import ferry_home, project_root
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Check:
 def setup_notebook(run_dir: str, stream: str) -> Path:
     """Render charts as SVG (so archived HTML needs no script from anywhere), work from the
     project root, and return the run's evidence folder (created): ``run_dir`` when
-    ``ferry run`` passes one, else ``.ferry/scratch/<stream>`` for interactive use."""
+    ``ferry run`` passes one, else ``$FERRY_HOME/scratch/<stream>`` for interactive use."""
     import os
 
     import altair as alt
@@ -34,9 +34,14 @@ def setup_notebook(run_dir: str, stream: str) -> Path:
     pd.set_option("display.max_columns", 30)
     root = project_root()
     os.chdir(root)
-    folder = Path(run_dir) if run_dir else Path(".ferry") / "scratch" / Path(stream).stem
+    folder = Path(run_dir) if run_dir else ferry_home() / "scratch" / Path(stream).stem
     folder = folder if folder.is_absolute() else root / folder
     folder.mkdir(parents=True, exist_ok=True)
+    # client libraries' messages (librdkafka, kafka-python, Great Expectations, warnings) go
+    # to a log beside the evidence, not into the notebook as error boxes
+    from ferry.logs import route_client_logs_to
+
+    route_client_logs_to(folder / "clients.log")
     return folder
 
 

@@ -89,3 +89,19 @@ def project_root(start: Path | None = None) -> Path:
         if (folder / "runbook").is_dir():
             return folder
     return here
+
+
+def ferry_home() -> Path:
+    """Where ferry keeps its working state: ``$FERRY_HOME``, else ``.ferry`` in the project."""
+    import os
+
+    home = os.environ.get("FERRY_HOME")
+    return Path(home).resolve() if home else project_root() / ".ferry"
+
+
+def audit_home() -> Path:
+    """The default archive root: ``$FERRY_HOME/audit`` when FERRY_HOME is set, else
+    ``audit/`` in the project (an explicit ``--audit`` wins over both)."""
+    import os
+
+    return ferry_home() / "audit" if os.environ.get("FERRY_HOME") else project_root() / "audit"

@@ -8,6 +8,7 @@ references only (the stream's name or path and the run folder), never secrets.
 
 from __future__ import annotations
 
+import html
 import platform
 import re
 import secrets
@@ -21,17 +22,19 @@ from pathlib import Path
 from ferry.audit import build_manifest
 from ferry.config import load_config
 from ferry.errors import FerryError, GateFailed
-from ferry.runbook import Step, load_steps, plan_run, project_root
+from ferry.runbook import Step, audit_home, load_steps, plan_run, project_root
 
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
 _REMOTE_LINK = re.compile(r"<link\b[^>]*href=\"https?://[^>]*>", re.IGNORECASE)
+_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+CELL_TIMEOUT_S = 900  # no cell of a step may run longer; a hung step fails with the cell named
 
 
 @dataclass
 class StepOutcome:
     id: str
     name: str
-    outcome: str  # passed | failed | not-available
+    outcome: str  # passed | failed | not-available | not-run (a step before it failed)
     seconds: float = 0.0
     message: str = ""
     notebook: str | None = None
@@ -57,9 +60,10 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def export_html(notebook: Path, target: Path) -> None:
+def export_html(notebook: Path, target: Path, failure: str | None = None) -> None:
     """An HTML page that renders offline: charts are inline SVG, and every script (MathJax,
-    require.js, widget loaders, all from CDNs) is removed."""
+    require.js, widget loaders, all from CDNs) is removed. A failed step's page starts with
+    its one-line cause, above the notebook and its traceback."""
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -67,6 +71,13 @@ def export_html(notebook: Path, target: Path) -> None:
         nbformat.read(notebook, as_version=4)
     )
     body = _REMOTE_LINK.sub("", _SCRIPT.sub("", body))
+    if failure:
+        banner = (
+            '<div id="ferry-failure" style="background:#fdecea;color:#8a1c14;'
+            'border:2px solid #b3261e;padding:12px 16px;margin:0 0 16px;font:600 16px sans-serif">'
+            f"{html.escape(failure)}</div>"
+        )
+        body = _BODY_OPEN.sub(lambda m: m.group(0) + banner, body, count=1)
     target.write_text(body)
 
 
@@ -82,17 +93,21 @@ def run_runbook(
 ) -> RunResult:
     """Run the planned steps in order; stop at the first failed gate."""
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     root = project_root()
     config = load_config(stream)  # fail early, with the config's own error, before any step
     plan = plan_run(load_steps(), start, only)
     run_id = run_id or new_run_id()
-    folder = (audit_root or root / "audit") / config.name / run_id
+    folder = (audit_root or audit_home()) / config.name / run_id
     folder.mkdir(parents=True, exist_ok=True)
     result = RunResult(config.name, run_id, folder)
     started = datetime.now(UTC)
-    for step in plan:
+    for done, step in enumerate(plan):
+        if result.failed is not None:
+            result.steps += [StepOutcome(s.id, s.name, "not-run") for s in plan[done:]]
+            break
         if step.notebook is None:
             result.steps.append(
                 StepOutcome(step.id, step.name, "not-available", message=_unavailable(step))
@@ -115,21 +130,27 @@ def run_runbook(
                 cwd=str(root),
                 progress_bar=False,
                 kernel_name="python3",
+                execution_timeout=CELL_TIMEOUT_S,
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no TCP warning per step
             )
         except PapermillExecutionError as exc:
             outcome.outcome = "failed"
             outcome.message = f"{exc.ename}: {exc.evalue}"
+        except (CellTimeoutError, DeadKernelError) as exc:
+            outcome.outcome = "failed"
+            outcome.message = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
         outcome.seconds = round(time.monotonic() - began, 2)
         if output.exists():
-            export_html(output, output.with_suffix(".html"))
+            failure = f"step {step.label} failed: {outcome.message}" if outcome.message else None
+            export_html(output, output.with_suffix(".html"), failure)
         result.steps.append(outcome)
         echo(
             f"[{step.label}] {outcome.outcome} in {outcome.seconds:.1f}s"
             + (f": {outcome.message}" if outcome.message else "")
         )
-        if outcome.outcome == "failed":
-            break
-    manifest = build_manifest(folder, _metadata(result, stream, start, only, started, config))
+    manifest = build_manifest(
+        folder, _metadata(result, stream, start, only, started, config, parameters)
+    )
     _anchor(config, result.run_id, folder, manifest["head"], echo)
     return result
 
@@ -152,11 +173,19 @@ def _unavailable(step: Step) -> str:
     return f"step {step.label} has no notebook yet (it comes with the live-migration work)"
 
 
-def _metadata(result: RunResult, stream: str, start, only, started: datetime, config) -> dict:
+def _metadata(
+    result: RunResult, stream: str, start, only, started: datetime, config, parameters=None
+) -> dict:
     return {
         "stream": result.stream,
         "run_id": result.run_id,
-        "parameters": {"stream": stream, "from": start, "only": only, "config_file": config.source},
+        "parameters": {
+            "stream": stream,
+            "from": start,
+            "only": only,
+            "config_file": config.source,
+            "notebook": parameters or {},  # ferry run -p, by step
+        },
         "versions": collect_versions(config),
         "git_commit": _git_commit(),
         "started": started.isoformat(),
@@ -167,9 +196,15 @@ def _metadata(result: RunResult, stream: str, start, only, started: datetime, co
 
 
 def collect_versions(config) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, distributions, version
 
     out: dict = {"python": platform.python_version()}
+    # every installed distribution, so the archive says exactly what ran (compare with
+    # constraints.txt, which `make` installs from)
+    out["environment"] = sorted(
+        {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]},
+        key=str.lower,
+    )
     for package in (
         "ferry",
         "confluent-kafka",

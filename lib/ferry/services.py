@@ -47,7 +47,9 @@ class Services:
 
 def services_home() -> Path:
     """The folder holding the embedded services' state file and logs."""
-    return Path(os.environ.get("FERRY_HOME", ".ferry")).resolve() / "services"
+    from ferry.runbook import ferry_home
+
+    return ferry_home() / "services"
 
 
 def find_tansu_binary() -> str:
