@@ -152,7 +152,18 @@ def test_deleted_record_stops_the_run_at_validation_naming_the_partition(
     failed = result.failed
     assert (failed.id, failed.name) == ("04", "validation")
     assert "GateFailed" in failed.message and f"partition {partition}" in failed.message
-    assert [s.id for s in result.steps] == ["04"]  # stopped there: 05 and 06 never ran
+    # stopped there: 05 and 06 are listed as not run
+    assert [(s.id, s.outcome) for s in result.steps] == [
+        ("04", "failed"),
+        ("05", "not-run"),
+        ("06", "not-run"),
+    ]
+    assert not (result.folder / "05-cutover.ipynb").exists()
+    page = (result.folder / "04-validation.html").read_text()
+    banner = re.search(r'<body[^>]*><div id="ferry-failure"[^>]*>([^<]*)</div>', page)
+    assert banner is not None, "the failed step's page does not start with its cause"
+    assert banner.group(1).startswith("step 04-validation failed: GateFailed: ")
+    assert f"partition {partition}" in banner.group(1)
     assert verify_archive(result.folder) == []  # a failed run is archived all the same
 
 
