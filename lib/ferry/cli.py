@@ -123,7 +123,7 @@ def format_report(report) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ferry.extras import require
-    from ferry.runner import raise_on_failure, run_runbook
+    from ferry.runner import format_steps, raise_on_failure, run_runbook
 
     require("runbook", "run")
 
@@ -135,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         audit_root=Path(args.audit) if args.audit else None,
         parameters=parameters,
     )
+    print(format_steps(result))
     print(f"archive: {result.folder}")
     raise_on_failure(result)
     return 0

@@ -24,7 +24,7 @@ from ferry.follower import live_follower, read_follower, stop_follower
 from ferry.handover import HandoverError, StreamConsumer
 from ferry.live_check import LiveReport, check_live_migration
 from ferry.runbook import audit_home, ferry_home, project_root
-from ferry.runner import run_runbook
+from ferry.runner import format_steps, run_runbook
 from ferry.seed import seed_demo_topic
 from ferry.services import embedded_services
 
@@ -89,8 +89,7 @@ def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) 
         return ExitCode.INTERRUPTED
     problems = verify_archive(result.folder)
     print()
-    for step in result.steps:
-        print(f"  {step.id} {step.name:<18} {step.outcome:<13} {step.seconds:>6.1f}s  {step.message}")  # fmt: skip
+    print(format_steps(result))
     cutover = _read(result.folder / "cutover.json") or {}
     (home / "live-report.json").write_text(
         json.dumps({**report.as_json(), "cutover": cutover, "traffic": counts}, indent=2)

@@ -251,6 +251,14 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
+def format_steps(result: RunResult) -> str:
+    """One line per step: id, name, outcome, seconds and, for a failure, its one-line cause."""
+    return "\n".join(
+        f"  {s.id} {s.name:<18} {s.outcome:<13} {s.seconds:>6.1f}s  {s.message}".rstrip()
+        for s in result.steps
+    )
+
+
 def raise_on_failure(result: RunResult) -> None:
     failed = result.failed
     if failed is not None:
