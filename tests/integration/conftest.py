@@ -54,6 +54,31 @@ def services(request, tmp_path_factory) -> Services:
     stop_services(Path(stack.folder))
 
 
+def _first_stack_per_redis_kind() -> set[tuple[str, str]]:
+    first: dict[str, tuple[str, str]] = {}
+    for kafka, redis_kind in STACKS:
+        first.setdefault(redis_kind, (kafka, redis_kind))
+    return set(first.values())
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked ``redis_side`` proves Redis behaviour (faults, failover, TLS, ACLs, the
+    CLI's answers to them): it runs once per Redis server, on the first stack that has that
+    server, and is deselected (not skipped) on the other brokers' stacks."""
+    keep_on = _first_stack_per_redis_kind()
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        stack = callspec.params.get("services") if callspec else None
+        if stack is not None and item.get_closest_marker("redis_side") and stack not in keep_on:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(autouse=True)
 def _broker_gate(request):
     """Skip (with the reason) a test marked ``requires_broker`` on a broker that lacks it."""

@@ -22,6 +22,8 @@ from .helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
+
 
 @pytest.fixture
 def acl_user(redis_client, tmp_path, monkeypatch):

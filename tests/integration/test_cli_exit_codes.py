@@ -4,11 +4,15 @@ topic, refused before anything is created in Redis. In-process through ``ferry.c
 
 from __future__ import annotations
 
+import pytest
+
 from ferry.cli import main
 from ferry.exitcodes import ExitCode
 from ferry.ingest import migration_keys
 from ferry.mirror import backfill
 from ferry.seed import SeedRecord
+
+pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
 
 
 def records(n: int, partitions: int) -> list[SeedRecord]:

@@ -16,6 +16,8 @@ from ferry.services import free_port
 
 from .test_live import commit_group
 
+pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
+
 VERBS = {
     "backfill": ["backfill", "{cfg}", "--no-progress"],
     "validate": ["validate", "{cfg}"],

@@ -11,6 +11,8 @@ from ferry.services import free_port
 
 from .helpers import ferry_cli, wait_until
 
+pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
+
 
 @pytest.fixture
 def own_redis(services, tmp_path):

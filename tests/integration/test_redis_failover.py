@@ -19,6 +19,8 @@ from ferry.services import _spawn, _wait_ready, free_port, probe_redis
 from .helpers import Mirror, wait_until
 from .test_redis_faults import assert_exact, frontier_total, seed
 
+pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
+
 SERVICE = "ferry-primary"
 
 

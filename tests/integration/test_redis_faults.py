@@ -31,6 +31,8 @@ from .helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
+
 
 class OwnRedis:
     """A Redis server of the stack's kind on its own port and folder, with an AOF fsynced on

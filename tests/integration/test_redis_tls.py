@@ -18,6 +18,8 @@ from ferry.services import _spawn, _wait_ready, free_port
 from .certs import make_ca, write_pair
 from .helpers import backfill_cli_error, by_partition, read_kafka_raw, read_redis_records
 
+pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
+
 
 @pytest.fixture(scope="module")
 def tls_redis(services, tmp_path_factory):
