@@ -60,7 +60,11 @@ def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) 
                 services.kafka_bootstrap, config.kafka.topic, records, partitions
             )
             print(f"seeded {seeded} payment events (awkward records included) into {config.kafka.topic!r}")  # fmt: skip
-            traffic = _spawn(["traffic", "payments", "--rate", str(rate)], logs / "traffic.json")
+            traffic = _spawn(
+                ["traffic", "payments", "--rate", str(rate)],
+                logs / "traffic.json",
+                logs / "traffic.log",
+            )
             children.append(traffic)
             consumer = _spawn(
                 ["group-consumer", "payments", GROUP, "--log", str(consumer_log)], None
@@ -134,12 +138,12 @@ def _stop_mirror(config) -> None:
     stop_follower(config)
 
 
-def _spawn(args: list[str], out: Path | None) -> subprocess.Popen:
+def _spawn(args: list[str], out: Path | None, log: Path) -> subprocess.Popen:
+    """A ferry verb in the background: its final JSON line to ``out``, its log to ``log``
+    (the demo's own output stays the runbook's progress)."""
     command = [sys.executable, "-m", "ferry.cli", *args]
-    if out is None:
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    with open(out, "w") as stdout:  # the child keeps its own descriptor
-        return subprocess.Popen(command, stdout=stdout)
+    with open(out or os.devnull, "w") as stdout, open(log, "a") as stderr:
+        return subprocess.Popen(command, stdout=stdout, stderr=stderr)  # the child keeps its own
 
 
 def _stop(proc: subprocess.Popen, out: Path | None, wait_s: float = 120.0) -> dict:
