@@ -64,8 +64,13 @@ def export_html(notebook: Path, target: Path, failure: str | None = None) -> Non
     """An HTML page that renders offline: charts are inline SVG, and every script (MathJax,
     require.js, widget loaders, all from CDNs) is removed. A failed step's page starts with
     its one-line cause, above the notebook and its traceback."""
+    import logging
+
     import nbformat
     from nbconvert import HTMLExporter
+
+    # nbconvert warns that inline SVG charts have no alt text, once per step: not actionable
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
 
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(
         nbformat.read(notebook, as_version=4)
