@@ -89,6 +89,11 @@ ROLES: dict[str, Role] = {
                 "xautoclaim",
                 "xrange",
                 "xadd",  # the dead-letter stream
+                "mget",  # idempotency keys: which of a batch were processed
+                "get",
+                "set",  # ... recorded with SET NX EX in the MULTI of the XACK
+                "watch",  # process(): the key, so a concurrent commit aborts ours
+                "unwatch",
             ),
         ),
     )
@@ -138,12 +143,14 @@ PROBES: dict[str, tuple[str, ...]] = {
     "get": ("GET", "{key}"),
     "script|exists": ("SCRIPT", "EXISTS", "0" * 40),
     "hmget": ("HMGET", "{key}", "f"),
+    "mget": ("MGET", "{key}"),
     "hdel": ("HDEL", "{key}", "f"),
     "smembers": ("SMEMBERS", "{key}"),
     "xreadgroup": ("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "{key}", ">"),
     "xack": ("XACK", "{key}", "g", "0-1"),
     "xautoclaim": ("XAUTOCLAIM", "{key}", "g", "c", "0", "0-0", "COUNT", "1"),
-    # no probe for EXEC: queued inside MULTI it would run the transaction
+    # no probe for EXEC: queued inside MULTI it would run the transaction; none for WATCH and
+    # UNWATCH either, which Redis refuses inside MULTI
 }
 
 
