@@ -281,7 +281,9 @@ def cmd_cutover(args: argparse.Namespace) -> int:
 def cmd_translate_group(args: argparse.Namespace) -> int:
     from ferry.handover import translate_group
 
-    result = translate_group(load_config(args.stream), args.group)
+    result = translate_group(
+        load_config(args.stream), args.group, reset=args.reset, accept_gap=args.accept_gap
+    )
     print(json.dumps(result.__dict__))
     return 0
 
@@ -507,6 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("stream", help=STREAM_HELP)
     tg.add_argument(
         "group", help="the Kafka consumer group (it must have committed offsets on the topic)"
+    )
+    tg.add_argument(
+        "--reset",
+        choices=("latest", "earliest"),
+        default="latest",
+        help="a partition the group never committed: 'latest' (Kafka's default) delivers "
+        "nothing of it already in the stream, 'earliest' delivers it from the migration's start",
+    )
+    tg.add_argument(
+        "--accept-gap",
+        action="store_true",
+        help="hand over a group that committed below the migration's start anyway, losing the "
+        "records in between; the gap is recorded in the events stream",
     )
     tg.set_defaults(func=cmd_translate_group)
 

@@ -83,3 +83,12 @@ class HandoverError(FerryError):
 
 class NoCommittedOffsetsError(HandoverError):
     """The Kafka group has committed no offset on the topic (a misspelt or unrelated group)."""
+
+
+class GroupGapError(HandoverError):
+    """A Kafka group's committed offset lies below the migration's start on some partition: the
+    records in between are not in the stream. ``gaps`` maps partition -> (committed, start)."""
+
+    def __init__(self, message: str, gaps: dict[int, tuple[int, int]]):
+        super().__init__(message)
+        self.gaps = dict(gaps)

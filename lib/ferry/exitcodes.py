@@ -28,6 +28,7 @@ _BY_CLASS: dict[type[BaseException], ExitCode] = {
     errors.ConfigError: ExitCode.CONFIG,
     errors.TopicNotFoundError: ExitCode.CONFIG,  # the config names a topic the broker lacks
     errors.NoCommittedOffsetsError: ExitCode.CONFIG,  # a group with nothing on the topic
+    errors.GroupGapError: ExitCode.ERROR,  # a refusal: committed below the start (--accept-gap)
     MissingExtra: ExitCode.CONFIG,  # pip install 'ferry[EXTRA]'
     errors.ConnectivityError: ExitCode.UNREACHABLE,
     errors.GateFailed: ExitCode.GATE_FAILED,

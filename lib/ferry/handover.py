@@ -3,25 +3,35 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 import tenacity
 
 from ferry.config import StreamConfig
 from ferry.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record, shadow_of
-from ferry.errors import HandoverError, KafkaError, NoCommittedOffsetsError
+from ferry.errors import (
+    GroupGapError,
+    HandoverError,
+    KafkaError,
+    NoCommittedOffsetsError,
+    UsageError,
+)
 from ferry.idempotency import DEFAULT_TTL_S, KeyFunction, ProcessedKeys, log_duplicates
-from ferry.ingest import MigrationKeys, migration_keys, read_state
+from ferry.ingest import MigrationKeys, _script, migration_keys, read_state
 from ferry.kafka_source import open_source
 from ferry.redis_target import connect_redis
 from ferry.validate import read_kafka_range, scan_stream
 
 logger = logging.getLogger("ferry.handover")
+
+
+RESET_POLICIES = ("latest", "earliest")  # Kafka's auto.offset.reset; latest is its default
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,12 @@ class Translation:
     start_id: str  # the Redis group starts after this ID
     entries_read: int  # entries before the first unconsumed one (so XINFO lag is right)
     skipped_later: int  # entries after start_id the Kafka group had already consumed
+    reset: str = "latest"  # the policy of partitions the group never committed
+    # partitions never committed: the offset the group starts from there (latest: the
+    # partition's position at hand-over, so nothing already in the stream; earliest: its start)
+    reset_offsets: dict[int, int] = field(default_factory=dict)
+    # partitions committed below the migration's start, accepted: (committed, start)
+    gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def group_offsets_key(keys: MigrationKeys, group: str) -> str:
@@ -134,16 +150,151 @@ def read_consumed_shadows(config: StreamConfig, committed: dict[int, int]) -> se
         source.close()
 
 
+def handover_record_key(keys: MigrationKeys, group: str) -> str:
+    """The record of a finished hand-over (a hash with ``done``; no ``translated`` marker, so
+    it is not taken for a group's offsets)."""
+    return f"{group_offsets_key(keys, group)}:handover"
+
+
+def check_reset(reset: str) -> str:
+    if reset not in RESET_POLICIES:
+        raise UsageError(
+            f"reset policy {reset!r}: expected 'latest' (Kafka's default: a partition the group "
+            "never committed delivers nothing already in the stream) or 'earliest' (from the "
+            "partition's start)"
+        )
+    return reset
+
+
+def resolve_offsets(
+    group: str,
+    committed: dict[int, int],
+    starts: dict[int, int],
+    positions: dict[int, int],
+    reset: str = "latest",
+    accept_gap: bool = False,
+) -> tuple[dict[int, int], dict[int, int], dict[int, tuple[int, int]]]:
+    """Pure: Kafka's rules for each partition's hand-over offset. ``starts`` and
+    ``positions`` (the next offset the mirror copies) are the migration's, per armed partition.
+
+    Returns (offsets the group resumes from, the reset partitions' offsets, accepted gaps). A
+    committed offset below the start is refused with :class:`GroupGapError` unless
+    ``accept_gap``; a partition never committed starts at its position now (``latest``) or at
+    its start (``earliest``)."""
+    check_reset(reset)
+    gaps = {
+        p: (c, starts[p]) for p, c in sorted(committed.items()) if p in starts and c < starts[p]
+    }
+    if gaps and not accept_gap:
+        lines = "; ".join(
+            f"partition {p}: committed offset {c}, start {s} ({s - c} records)"
+            for p, (c, s) in gaps.items()
+        )
+        raise GroupGapError(
+            f"Kafka group {group!r} committed below the migration's start, so the records in "
+            f"between are not in the stream and would never reach it: {lines}. Choices: let the "
+            "group catch up on Kafka past the start, then hand it over; or accept the loss: "
+            "rerun with --accept-gap (translate_group(..., accept_gap=True), step 05's "
+            "accept_gap = True), which records the gap in the events stream",
+            gaps,
+        )
+    reset_offsets = {
+        p: (positions.get(p, start) if reset == "latest" else start)
+        for p, start in sorted(starts.items())
+        if p not in committed
+    }
+    return {**committed, **reset_offsets}, reset_offsets, gaps
+
+
+def _state_now(client: redis.Redis, keys: MigrationKeys):
+    """Starts, positions and the stream's last ID, read in one MULTI (the hand-over instant)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(keys.state)
+    pipe.xrevrange(keys.stream, count=1)
+    raw, last = pipe.execute()
+    starts, positions = {}, {}
+    for name, value in raw.items():
+        if name.startswith(b"start:"):
+            starts[int(name[6:])] = int(value)
+        elif name.startswith(b"frontier:"):
+            positions[int(name[9:])] = int(value) + 1
+    return starts, positions, _id_tuple(last[0][0].decode() if last else "0-0")
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _stored_translation(client: redis.Redis, keys: MigrationKeys, group: str):
+    """The Translation a finished hand-over recorded, or None (no record, or its group gone)."""
+    record = {
+        k.decode(): v.decode() for k, v in client.hgetall(handover_record_key(keys, group)).items()
+    }
+    if "done" not in record:
+        return None
+    if group.encode() not in {g["name"] for g in client.xinfo_groups(keys.stream)}:
+        return None  # the group was removed since: hand it over again
+
+    def ints(text: str) -> dict[int, int]:
+        return {int(p): o for p, o in json.loads(text).items()}
+
+    return Translation(
+        group,
+        keys.stream,
+        ints(record["committed"]),
+        record["start_id"],
+        int(record["entries_read"]),
+        int(record["skipped_later"]),
+        record["reset"],
+        ints(record["reset_offsets"]),
+        {int(p): tuple(g) for p, g in json.loads(record["gaps"]).items()},
+    )
+
+
+def _unchanged_since(done: Translation, committed: dict[int, int], reset: str) -> Translation:
+    if done.reset_offsets and done.reset != reset:
+        raise HandoverError(
+            f"group {done.group!r} was handed over with reset {done.reset!r}, not {reset!r}; to "
+            f"hand it over again, remove it (XGROUP DESTROY {done.stream} {done.group}) first"
+        )
+    moved = {
+        p: (done.committed.get(p), o) for p, o in committed.items() if done.committed.get(p) != o
+    }
+    if moved:
+        lines = "; ".join(
+            f"partition {p}: {was} -> {now}" for p, (was, now) in sorted(moved.items())
+        )
+        raise HandoverError(
+            f"group {done.group!r} was handed over to Redis, but Kafka's group committed since "
+            f"({lines}): its consumers still read Kafka. Stop them; Redis consumers resume "
+            "where the hand-over put them"
+        )
+    return done
+
+
 def translate_group(
-    config: StreamConfig, group: str, committed: dict[int, int] | None = None
+    config: StreamConfig,
+    group: str,
+    committed: dict[int, int] | None = None,
+    *,
+    reset: str = "latest",
+    accept_gap: bool = False,
 ) -> Translation:
     """Create the Redis consumer group for a Kafka group (merged layout) and store the
-    translated offsets beside it. Refuses when the mirror has not reached the group, and
-    (offsets read from Kafka) a group with no committed offset on the topic."""
+    translated offsets beside it, in one script: atomic, and safe to rerun after a crash at
+    any point (a finished hand-over is returned as it was).
+
+    Kafka's rules: a partition the group never committed follows ``reset`` (``latest``, Kafka's
+    default: nothing of it already in the stream is delivered; ``earliest``: from its start);
+    a committed offset below the migration's start is refused (:class:`GroupGapError`) unless
+    ``accept_gap``, which records the gap in the events stream. Also refused: a mirror behind
+    the group, and (offsets read from Kafka) a group with no committed offset on the topic."""
     if config.redis.layout != "merged":
         raise HandoverError(
             "translate-group handles the merged layout; per-partition layout is not built yet"
         )
+    check_reset(reset)
     if committed is None:
         committed = read_committed_offsets(config, group)
         if not committed:  # before anything exists in Redis: a misspelt group leaves no trace
@@ -153,39 +304,84 @@ def translate_group(
             )
     client = connect_redis(config)
     keys = migration_keys(config)
-    starts, frontiers = read_state(client, keys)
+    done = _stored_translation(client, keys, group)
+    if done is not None:
+        return _unchanged_since(done, committed, reset)
+    starts, positions, last_id = _state_now(client, keys)
     for p, offset in committed.items():
-        if offset - 1 > frontiers.get(p, -1):
+        if offset > positions.get(p, 0):
             raise HandoverError(
                 f"group {group!r} has consumed partition {p} up to offset {offset - 1} but the stream only "
-                f"holds up to {frontiers.get(p, -1)}: let the mirror catch up first"
+                f"holds up to {positions.get(p, 0) - 1}: let the mirror catch up first"
             )
-    consumed_ids = frozenset(read_consumed_shadows(config, committed))
-    entries = ((i.decode(), entry_to_record(f)) for i, f in scan_stream(client, keys.stream))
-    start_id, entries_read, skipped = plan_translation(entries, committed, consumed_ids)
+    offsets, reset_offsets, gaps = resolve_offsets(
+        group, committed, starts, positions, reset, accept_gap
+    )
+    consumed = set(read_consumed_shadows(config, committed))
+    # latest: entries written Redis-first into a never-committed partition before the
+    # hand-over instant are passed over like the Kafka-origin ones below its position
+    latest = set(reset_offsets) if reset == "latest" else set()
+
+    def entries():
+        for raw_id, fields in scan_stream(client, keys.stream):
+            entry_id, record = raw_id.decode(), entry_to_record(fields)
+            if (
+                record.offset == REDIS_ORIGIN
+                and record.partition in latest
+                and _id_tuple(entry_id) <= last_id
+            ):
+                consumed.add(entry_id)  # before plan_translation looks it up
+            yield entry_id, record
+
+    start_id, entries_read, skipped = plan_translation(entries(), offsets, consumed)
+    translation = Translation(
+        group, keys.stream, dict(committed), start_id, entries_read, skipped, reset,
+        reset_offsets, gaps,
+    )  # fmt: skip
+    spec = {
+        "offsets": {str(p): str(o) for p, o in offsets.items()},
+        "shadows": sorted(consumed),
+        "gaps": [[str(p), str(c), str(s), str(s - c)] for p, (c, s) in gaps.items()],
+        "actor": f"{socket.gethostname()}:translate-group",
+        "record": {
+            "start_id": start_id,
+            "entries_read": str(entries_read),
+            "skipped_later": str(skipped),
+            "reset": reset,
+            "committed": json.dumps({str(p): o for p, o in committed.items()}),
+            "reset_offsets": json.dumps({str(p): o for p, o in reset_offsets.items()}),
+            "gaps": json.dumps({str(p): list(g) for p, g in gaps.items()}),
+            "at_ms": str(int(time.time() * 1000)),
+        },
+    }
+    base = group_offsets_key(keys, group)
+    script = _script(client, "translate.lua")
+    from ferry.phases import events_key
+
     try:
-        client.execute_command(
-            "XGROUP",
-            "CREATE",
-            keys.stream,
-            group,
-            start_id,
-            "MKSTREAM",
-            "ENTRIESREAD",
-            entries_read,
+        (outcome,) = script(
+            keys=[
+                keys.stream,
+                base,
+                f"{base}:shadows",
+                handover_record_key(keys, group),
+                events_key(keys),
+            ],
+            args=[group, start_id, entries_read, json.dumps(spec)],
         )
     except redis.ResponseError as exc:
-        if "BUSYGROUP" in str(exc):
-            raise HandoverError(f"Redis group {group!r} already exists on {keys.stream}") from exc
-        raise
-    # stored beside the group, with a marker field so an empty translation is recorded too
-    client.hset(
-        group_offsets_key(keys, group),
-        mapping={"translated": 1, **{str(p): o for p, o in committed.items()}},
-    )
-    if consumed_ids:
-        client.sadd(f"{group_offsets_key(keys, group)}:shadows", *consumed_ids)
-    return Translation(group, keys.stream, dict(committed), start_id, entries_read, skipped)
+        if "FERRY_TOUCHED" not in str(exc):
+            raise
+        found = str(exc).split("FERRY_TOUCHED", 1)[1].strip()
+        raise HandoverError(
+            f"Redis group {group!r} on {keys.stream} was left by an interrupted hand-over and "
+            f"has been read since ({found}): ferry will not move it. Check what its consumers "
+            f"processed, remove it (XGROUP DESTROY {keys.stream} {group}) and run "
+            "translate-group again"
+        ) from exc
+    if outcome in (b"done", "done"):  # another run finished it first
+        return _unchanged_since(_stored_translation(client, keys, group), committed, reset)
+    return translation
 
 
 @dataclass(frozen=True)
@@ -468,9 +664,18 @@ def topic_groups(config: StreamConfig) -> list[str]:
     return [r["group"] for r in rows]
 
 
-def hand_over_group(config: StreamConfig, group: str, wait_s: float = 30.0) -> Translation:
+def hand_over_group(
+    config: StreamConfig,
+    group: str,
+    wait_s: float = 30.0,
+    *,
+    reset: str = "latest",
+    accept_gap: bool = False,
+) -> Translation:
     """Ask the group's consumers to leave Kafka (a flag they poll), wait until the Kafka group
-    is empty so its committed offsets are final, then translate it."""
+    is empty so its committed offsets are final, then translate it (``reset`` and
+    ``accept_gap`` as in :func:`translate_group`)."""
+    check_reset(reset)
     client = connect_redis(config)
     key = handover_key(migration_keys(config), group)
     client.hset(key, mapping={"state": "requested", "at_ms": int(time.time() * 1000)})
@@ -490,6 +695,6 @@ def hand_over_group(config: StreamConfig, group: str, wait_s: float = 30.0) -> T
         if not behind or time.monotonic() > deadline:
             break
         time.sleep(0.05)  # the follow mirror's progress, bounded by wait_s
-    translation = translate_group(config, group, committed)
+    translation = translate_group(config, group, committed, reset=reset, accept_gap=accept_gap)
     client.hset(key, "state", "translated")
     return translation

@@ -156,7 +156,7 @@ def test_the_consumer_role_reads_acks_and_dead_letters(make_stream, acl_user, se
         partitions=1,
     )
     backfill(stream.config, progress=False)
-    translate_group(stream.config, "g", committed={})
+    translate_group(stream.config, "g", committed={}, reset="earliest")
     creds = acl_user("consumer", stream.config.name)
     _, config = as_user(stream, creds)
     first = StreamConsumer(config, "g", "c1", batch=5, block_ms=50, claim_idle_ms=0, max_failures=1)

@@ -231,7 +231,8 @@ def test_group_hand_over_is_exactly_once(make_stream, redis_client):
     per = by_partition(r for _, r in read_redis_records(redis_client, stream.config.redis.stream))
     committed = {0: 100, 2: len(per[2]) // 2}  # partition 1: the group never committed
     commit_group(stream.bootstrap, stream.config.kafka.topic, "billing", committed)
-    translation = translate_group(stream.config, "billing")
+    # partition 1 follows the reset policy: earliest, all of it
+    translation = translate_group(stream.config, "billing", reset="earliest")
     assert translation.committed == committed
     consumer = StreamConsumer(stream.config, "billing", "c1", batch=64, block_ms=50)
     expected = sum(
@@ -257,7 +258,7 @@ def test_failing_entry_is_claimed_retried_then_dead_lettered(make_stream, redis_
 
     stream = make_stream(list(payment_events(10, 1)), partitions=1)
     backfill(stream.config, progress=False)
-    translate_group(stream.config, "g", committed={})
+    translate_group(stream.config, "g", committed={}, reset="earliest")
     crashed = StreamConsumer(stream.config, "g", "crashed", batch=1, block_ms=50)
     first = crashed.poll()[0]  # delivered, never acknowledged: the consumer died
     survivor = StreamConsumer(

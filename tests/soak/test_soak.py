@@ -89,7 +89,7 @@ def test_kill_9_consumer_after_hand_over_is_exact(make_stream, redis_client, tmp
     keys = migration_keys(stream.config)
     backfill(stream.config, progress=False)
     committed = {0: 1000, 1: 0, 2: 2500}  # the Kafka group's position at hand-over
-    translate_group(stream.config, "billing", committed=committed)
+    translate_group(stream.config, "billing", committed=committed, reset="earliest")
     start_dual_write(redis_client, keys, "soak")
     output = f"{keys.tag}:soak:processed"
     commands = {
