@@ -3,6 +3,8 @@ asks it to leave, then reads the translated Redis group through ``StreamConsumer
 
 What it processes is appended (one JSON line per record, with the side it came from) to a
 log before it commits or acknowledges, so an independent check can count duplicates and gaps.
+On Redis it is an idempotent consumer: each entry's ``(partition, offset)`` key is recorded
+with its XACK, and an entry already recorded is acknowledged without being logged again.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def run_group_consumer(
     name: str = "consumer-1",
 ) -> dict:
     """Consume until ``should_stop()``; returns how many records came from each side."""
-    counts = {"kafka": 0, "redis": 0}
+    counts = {"kafka": 0, "redis": 0, "duplicates": 0}
     client, keys = connect_redis(config), migration_keys(config)
     logger.info("group-consumer %s: group %s as %s", config.name, group, name)
     try:
@@ -65,7 +67,8 @@ def _run(config, group, log_path, should_stop, name, counts, client, keys) -> di
             config.name,
             counts["kafka"],
         )
-        reader = StreamConsumer(config, group, name, batch=500, block_ms=200)
+        # idempotent: an entry redelivered after its XACK-and-key MULTI is skipped, not logged
+        reader = StreamConsumer(config, group, name, batch=500, block_ms=200, idempotent=True)
         next_line = time.monotonic() + PROGRESS_LOG_S
         while not should_stop():
             if time.monotonic() >= next_line:
@@ -77,8 +80,9 @@ def _run(config, group, log_path, should_stop, name, counts, client, keys) -> di
                     _line("redis", record_identity(d.entry_id.encode(), d.record)) for d in batch
                 )
                 log.flush()
-                reader.ack(*batch)
+                reader.ack(*batch)  # the processed keys with the XACK, in one MULTI
                 counts["redis"] += len(batch)
+            counts["duplicates"] = reader.duplicates
     return counts
 
 

@@ -2,6 +2,7 @@
 an entry's effect from being applied twice when the entry is delivered again."""
 
 import json
+import time
 
 import pytest
 import redis
@@ -262,3 +263,30 @@ def test_the_consumer_role_may_run_an_idempotent_consumer(make_stream, acl_user)
     except redis.exceptions.NoPermissionError as exc:
         pytest.fail(f"the consumer role lacks a command: {exc}")
     assert len(calls) == 2 and consumer.duplicates == 1
+
+
+def test_the_demos_group_consumer_records_keys_and_skips_what_was_processed(
+    make_stream, redis_client, tmp_path
+):
+    """The reference consumer (group translated already: it reads Redis at once) records a
+    processed key per entry with its XACK; an entry recorded before (processed by an earlier
+    consumer that died before its XACK reached Redis) is skipped, not logged again."""
+    from ferry.group_consumer import run_group_consumer
+    from ferry.idempotency import processed_key
+
+    stream = translated(make_stream, payments([f"pay_{i}" for i in range(6)]))
+    tag = f"{{{stream.config.name}}}"
+    redis_client.set(processed_key(tag, "billing", b"po:0:2"), "earlier", ex=60)
+    log = tmp_path / "consumer.log"
+
+    deadline = time.monotonic() + 30  # a bound for a consumer that never drains: then it fails
+
+    def drained() -> bool:
+        [group] = redis_client.xinfo_groups(stream.config.redis.stream)
+        pending = redis_client.xpending(stream.config.redis.stream, "billing")["pending"]
+        return (group["lag"] == 0 and pending == 0) or time.monotonic() > deadline
+
+    counts = run_group_consumer(stream.config, "billing", log, should_stop=drained)
+    logged = [json.loads(line)["id"] for line in log.read_text().splitlines()]
+    assert len(logged) == 5 and counts["redis"] == 5 and counts["duplicates"] == 1
+    assert len(done_keys(redis_client, stream.config.name)) == 6
