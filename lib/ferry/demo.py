@@ -74,7 +74,9 @@ def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) 
                 f"live: {rate:.0f} msg/s through DualWriter; consumer group {GROUP!r} reading Kafka"
             )
             try:
-                result = run_runbook("payments", audit_root=audit_root)
+                # the group's consumer reads with auto.offset.reset=earliest: step 05 says so
+                parameters = {"05": {"reset": "earliest"}}
+                result = run_runbook("payments", audit_root=audit_root, parameters=parameters)
             finally:
                 counts = _stop(traffic, logs / "traffic.json")
                 _settle(config)
