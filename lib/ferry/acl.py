@@ -53,6 +53,7 @@ ROLES: dict[str, Role] = {
                 "xrange",  # ingest.lua: a shadow's entry
                 "xrevrange",  # each partition's last entry before resuming
                 "set",  # the --follow heartbeat
+                "time",  # ingest.lua: the copy time that bounds entry IDs
             ),
         ),
         Role(
@@ -73,6 +74,7 @@ ROLES: dict[str, Role] = {
                 "hdel",
                 "hincrby",
                 "xadd",
+                "time",  # ingest.lua and primary.lua: the copy time that bounds entry IDs
             ),
         ),
         Role(
@@ -105,6 +107,7 @@ OPERATOR_EXTRA = (
     "xgroup",
     "xtrim",
     "xinfo",
+    "xpending",  # trim.lua: a group's oldest unacknowledged entry bounds retention
     "xlen",
     "memory|usage",
     "wait",
@@ -149,6 +152,7 @@ PROBES: dict[str, tuple[str, ...]] = {
     "xreadgroup": ("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "{key}", ">"),
     "xack": ("XACK", "{key}", "g", "0-1"),
     "xautoclaim": ("XAUTOCLAIM", "{key}", "g", "c", "0", "0-0", "COUNT", "1"),
+    "time": ("TIME",),
     # no probe for EXEC: queued inside MULTI it would run the transaction; none for WATCH and
     # UNWATCH either, which Redis refuses inside MULTI
 }

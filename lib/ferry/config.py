@@ -29,6 +29,9 @@ PERSISTENCE = ("any", "aof", "rdb", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+# how far past the copy time (the Redis server's clock) a record's timestamp may place its
+# entry ID: a far-future timestamp would otherwise pin every later ID of the stream
+DEFAULT_MAX_FUTURE_SKEW_MS = 300_000
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class RedisSettings:
     password: SecretRef | None = None
     persistence: str = "any"  # what preflight demands: any | aof | rdb | none
     fault_deadline_ms: int = 120_000  # how long a one-shot run waits out a Redis fault
+    max_future_skew_ms: int = DEFAULT_MAX_FUTURE_SKEW_MS  # entry IDs <= copy time + this
     tls: RedisTls | None = None
     sentinel: RedisSentinel | None = None
     cluster: RedisCluster | None = None
@@ -314,6 +318,9 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
         persistence=r.get("persistence", str, "any", PERSISTENCE),
         fault_deadline_ms=parse_duration_ms(
             r.get("fault_deadline", str, "2m"), f"{source}: redis.fault_deadline"
+        ),
+        max_future_skew_ms=parse_duration_ms(
+            r.get("max_future_skew", str, "5m"), f"{source}: redis.max_future_skew"
         ),
         tls=_tls(r, url),
         sentinel=sentinel,

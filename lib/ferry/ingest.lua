@@ -10,6 +10,9 @@
 -- appended and the position moves to read_to, in this one step. A batch with no records
 -- only moves the position (markers at the end of a partition).
 -- Returns {appended, frontier, refused}: refused = 1 when read_from > position (a hole).
+-- Entry IDs are max(min(record ts, copy time + skew), last ID ms)-*: the copy time is the
+-- server's clock (TIME), the skew the state's max_future_skew_ms (default 5 minutes), so one
+-- far-future timestamp cannot pin every later ID; the record's own timestamp stays in 'ts'.
 -- A record with flag 4 is the Kafka shadow of an entry a writer put in Redis first (its key
 -- argument is that entry's ID): the frontier moves over it, nothing is appended.
 local state, stream = KEYS[1], KEYS[2]
@@ -64,6 +67,9 @@ local lastms_key = 'lastms:' .. stream
 local lastms_s = redis.call('HGET', state, lastms_key) or '0'
 local lastms = tonumber(lastms_s)
 local id = lastms_s .. '-*'
+local now = redis.call('TIME')
+local skew = tonumber(redis.call('HGET', state, 'max_future_skew_ms') or '300000')
+local latest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + skew
 local n = 0
 local shadows = 0
 local moved = false
@@ -75,9 +81,14 @@ for i = 4, #ARGV, 6 do
     shadows = shadows + 1
   elseif off > fr then
     local ts = tonumber(ARGV[i + 1])
+    local ts_s = ARGV[i + 1]
+    if ts > latest then
+      ts = latest
+      ts_s = string.format('%.0f', latest)
+    end
     if ts > lastms then
       lastms = ts
-      lastms_s = ARGV[i + 1]
+      lastms_s = ts_s
       id = lastms_s .. '-*'
     end
     redis.call('XADD', stream, id, 'p', p, 'o', ARGV[i], 'ts', ARGV[i + 1],

@@ -215,6 +215,13 @@ def arm_migration(
         raise script_error(exc) from exc
 
 
+def record_max_future_skew(client: redis.Redis, keys: MigrationKeys, skew_ms: int) -> None:
+    """Record ``redis.max_future_skew`` where every write script reads it: an entry's ID is
+    ``max(min(record ts, server time + skew), last ID ms)``, whichever process writes it
+    (the scripts use 5 minutes until the mirror has recorded the configured value)."""
+    client.hset(keys.state, "max_future_skew_ms", skew_ms)
+
+
 def read_state(client: redis.Redis, keys: MigrationKeys) -> tuple[dict[int, int], dict[int, int]]:
     """(start, frontier) per partition as recorded in the state hash."""
     raw = client.hgetall(keys.state)

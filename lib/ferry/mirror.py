@@ -29,6 +29,7 @@ from ferry.ingest import (
     migration_keys,
     parse_reply,
     read_state,
+    record_max_future_skew,
     script_error,
 )
 from ferry.kafka_source import KafkaSource, TopicInfo, open_source
@@ -309,6 +310,8 @@ def _run(
     queues: list[queue.Queue[_Batch | None]] = [
         queue.Queue(maxsize=QUEUE_BATCHES) for _ in range(WRITERS)
     ]
+    skew_ms = config.redis.max_future_skew_ms
+    rides.call(lambda: record_max_future_skew(target, keys, skew_ms))
     ingestor = rides.call(lambda: Ingestor(target, keys))
     limits = rides.call(lambda: read_server_limits(target))
     writers = [

@@ -18,15 +18,24 @@ for i = 2, #ARGV, 5 do
     return redis.error_reply('FERRY_ORDER timestamp ' .. ARGV[i] .. ' is not a number')
   end
 end
+-- Entry IDs follow ingest.lua's rule: max(min(ts, server time + max_future_skew_ms), last ms).
 local lastms_key = 'lastms:' .. stream
 local lastms_s = redis.call('HGET', state, lastms_key) or '0'
 local lastms = tonumber(lastms_s)
+local now = redis.call('TIME')
+local skew = tonumber(redis.call('HGET', state, 'max_future_skew_ms') or '300000')
+local latest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + skew
 local out = {phase}
 for i = 2, #ARGV, 5 do
   local ts = tonumber(ARGV[i])
+  local ts_s = ARGV[i]
+  if ts > latest then
+    ts = latest
+    ts_s = string.format('%.0f', latest)
+  end
   if ts > lastms then
     lastms = ts
-    lastms_s = ARGV[i]
+    lastms_s = ts_s
   end
   out[#out + 1] = redis.call('XADD', stream, lastms_s .. '-*', 'p', p, 'o', '', 'ts', ARGV[i],
     'f', ARGV[i + 1], 'k', ARGV[i + 2], 'v', ARGV[i + 3], 'h', ARGV[i + 4])

@@ -278,3 +278,12 @@ def test_cluster_nodes_for_consumers():
 def test_bad_cluster_settings_name_the_field(redis_doc, words):
     with pytest.raises(ConfigError, match=words):
         parse_config(doc(redis=redis_doc), "p.yaml")
+
+
+def test_max_future_skew_bounds_entry_ids_and_is_a_duration():
+    assert parse_config(doc()).redis.max_future_skew_ms == 300_000  # default: 5 minutes
+    redis_doc = {"url": "redis://r1:6379/0", "max_future_skew": "1h"}
+    assert parse_config(doc(redis=redis_doc)).redis.max_future_skew_ms == 3_600_000
+    for bad in ("0s", "soon", "-5m", 300):
+        with pytest.raises(ConfigError, match=r"p\.yaml: redis\.max_future_skew"):
+            parse_config(doc(redis={**redis_doc, "max_future_skew": bad}), "p.yaml")
