@@ -1,8 +1,10 @@
 """Retention trims exactly and incrementally, and validation knows what it retired."""
 
+import time
 from dataclasses import replace
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from ferry.config import TrimPolicy
@@ -16,7 +18,7 @@ from ferry.keda import (
 )
 from ferry.mirror import backfill
 from ferry.retention import read_trimmed, trim_stream
-from ferry.seed import BASE_TS_MS, payment_events
+from ferry.seed import BASE_TS_MS, SeedRecord, payment_events
 from ferry.validate import validate_stream
 
 from .helpers import expected_records, read_redis_records
@@ -118,3 +120,132 @@ def test_step_06_renders_and_gates_the_keda_objects(make_stream, redis_client, t
         echo=lambda s: None,
     )
     assert not failed.ok and "keda_address" in failed.steps[0].message
+
+
+# --- Retention that respects consumer groups ---------------------------------------------
+
+
+def _group_read_half_acked_quarter(redis_client, key, count):
+    """'billing' has read half of the stream and acknowledged a quarter; 'audit' has read and
+    acknowledged more than billing; 'late' joined at the end ($) and holds nothing back."""
+    redis_client.xgroup_create(key, "billing", id="0")
+    redis_client.xgroup_create(key, "audit", id="0")
+    redis_client.xgroup_create(key, "late", id="$")
+    read = redis_client.xreadgroup("billing", "c1", {key: ">"}, count=count // 2)[0][1]
+    redis_client.xack(key, "billing", *[entry_id for entry_id, _ in read[: count // 4]])
+    audit = redis_client.xreadgroup("audit", "c1", {key: ">"}, count=count // 2 + 50)[0][1]
+    redis_client.xack(key, "audit", *[entry_id for entry_id, _ in audit])
+    return [entry_id for entry_id, _ in read]
+
+
+@pytest.mark.parametrize(
+    "policy, would_remove",
+    [(TrimPolicy(max_age_ms=1000), 1000), (TrimPolicy(max_len=100), 900)],
+    ids=["age", "length"],
+)
+def test_trim_stops_at_what_a_group_has_not_acknowledged(
+    make_stream, redis_client, policy, would_remove
+):
+    stream = make_stream(list(payment_events(1000, 1)), partitions=1)
+    backfill(stream.config, progress=False)
+    config = replace(stream.config, trim=policy)
+    key = config.redis.stream
+    delivered = _group_read_half_acked_quarter(redis_client, key, 1000)
+    now = BASE_TS_MS + 1000 + 1000  # the age policy alone would remove every entry
+
+    result = trim_stream(redis_client, config, limit=100, now_ms=now)
+    assert result.removed == 250  # exactly the acknowledged quarter
+    assert redis_client.xrange(key, count=1)[0][0] == delivered[250]  # first unacknowledged
+    assert (result.held_by, result.held) == ("billing", would_remove - 250)
+    assert result.forced_past == 0
+    assert "billing" in result.describe() and f"{would_remove - 250:,}" in result.describe()
+    assert validate_stream(config).ok
+    # nothing more until billing acknowledges; then exactly up to its new boundary
+    assert trim_stream(redis_client, config, now_ms=now).removed == 0
+    redis_client.xack(key, "billing", *delivered[250:400])
+    assert trim_stream(redis_client, config, now_ms=now).removed == 150
+
+    forced = trim_stream(redis_client, config, limit=100, now_ms=now, force=True)
+    assert forced.removed == would_remove - 400
+    # billing had acknowledged none of them, audit not those past 550
+    assert (forced.held_by, forced.held) == ("audit,billing", 0)
+    assert forced.forced_past == would_remove - 400
+    assert forced.length_after == 1000 - would_remove
+    report = validate_stream(config)
+    assert report.ok, report.failures()
+
+
+def test_a_group_that_read_nothing_holds_everything(make_stream, redis_client):
+    stream = make_stream(list(payment_events(200, 1)), partitions=1)
+    backfill(stream.config, progress=False)
+    config = replace(stream.config, trim=TrimPolicy(max_len=10))
+    redis_client.xgroup_create(config.redis.stream, "new", id="0")
+    result = trim_stream(redis_client, config)
+    assert (result.removed, result.held_by, result.held) == (0, "new", 190)
+    assert trim_stream(redis_client, config, force=True).forced_past == 190
+
+
+# --- Entry IDs bounded by the copy time ----------------------------------------------------
+
+YEAR_2100_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+
+def test_a_far_future_timestamp_does_not_pin_later_ids(make_stream, redis_client, services):
+    now_ms = int(time.time() * 1000)
+    records = [SeedRecord(0, b"old-%d" % i, b"v", (), BASE_TS_MS + i) for i in range(5)]
+    records.append(SeedRecord(0, b"future", b"2100", (("h", b"x"),), YEAR_2100_MS))
+    records += [SeedRecord(0, b"now-%d" % i, b"v", (), now_ms + i) for i in range(5)]
+    # Kafka 4 refuses timestamps over an hour ahead unless the topic allows them
+    topic_config = (
+        {"message.timestamp.after.max.ms": str(2**63 - 1)}
+        if services.kafka_kind.startswith("apache")
+        else None
+    )
+    stream = make_stream(records, partitions=1, topic_config=topic_config)
+    skew_ms = 3_600_000  # one hour: the configured bound, not the 5-minute default
+    config = replace(stream.config, redis=replace(stream.config.redis, max_future_skew_ms=skew_ms))
+    before = _server_ms(redis_client)
+    backfill(config, progress=False)
+    after = _server_ms(redis_client)
+
+    entries = redis_client.xrange(config.redis.stream)
+    ids = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
+    assert ids[:5] == [BASE_TS_MS + i for i in range(5)]  # past timestamps are the IDs
+    assert before + skew_ms <= ids[5] <= after + skew_ms  # the year 2100 capped at copy + skew
+    assert all(i <= after + skew_ms for i in ids[5:])  # later entries stay near copy time
+    assert [int(f[b"ts"]) for _, f in entries] == [r.timestamp_ms for r in records]  # kept
+    report = validate_stream(config)
+    assert report.ok, report.failures()  # byte for byte, ts included
+
+    # age retention keeps working: a day after the copy, everything is older than a day
+    aged = replace(config, trim=TrimPolicy(max_age_ms=86_400_000))
+    result = trim_stream(redis_client, aged, now_ms=after + skew_ms + 86_400_000 + 1)
+    assert result.removed == len(records)
+    assert validate_stream(aged).ok
+
+
+def test_redis_first_writes_bound_ids_by_copy_time_too(redis_client):
+    from ferry.ingest import MigrationKeys, _script, arm_migration
+
+    keys = MigrationKeys("{primary-skew}", "{primary-skew}:stream", "merged")
+    try:
+        arm_migration(redis_client, keys, "primary-skew", {0: 0})
+        redis_client.hset(keys.state, mapping={"phase": "redis-primary"})
+        before = _server_ms(redis_client)
+        reply = _script(redis_client, "primary.lua")(
+            keys=[keys.state, keys.stream],
+            args=[0, YEAR_2100_MS, 0, b"k", b"v", b"", before, 0, b"k", b"v", b""],
+        )
+        after = _server_ms(redis_client)
+        ids = [int(entry_id.split(b"-")[0]) for entry_id in reply[1:]]
+        skew = 300_000  # redis.max_future_skew's default, 5 minutes
+        assert before + skew <= ids[0] <= after + skew and ids[1] == ids[0]
+        fields = [f for _, f in redis_client.xrange(keys.stream)]
+        assert [int(f[b"ts"]) for f in fields] == [YEAR_2100_MS, before]
+    finally:
+        redis_client.delete(keys.state, keys.stream)
+
+
+def _server_ms(client) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
