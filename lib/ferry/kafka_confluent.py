@@ -286,6 +286,9 @@ class ConfluentSource:
         self.assigned = {p: TopicPartition(self.topic, p, off) for p, off in positions.items()}
         self.eof.clear()
         self.consumer.assign(list(self.assigned.values()))
+        # a partition paused under an earlier assignment stays paused in librdkafka: an
+        # assignment means "read these from here", so resume them
+        self.consumer.resume(list(self.assigned.values()))
 
     def add_partitions(self, positions: dict[int, int]) -> None:
         new = {p: TopicPartition(self.topic, p, off) for p, off in positions.items()}

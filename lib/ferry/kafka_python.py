@@ -196,13 +196,18 @@ class KafkaPythonSource:
         }
 
     def assign(self, positions: dict[int, int]) -> None:
+        self._assign(positions)
+        # an unchanged assignment keeps its pause flags: "read these from here" resumes them
+        self.consumer.resume(*self.tps.values())
+
+    def _assign(self, positions: dict[int, int]) -> None:
         self.tps = {p: TopicPartition(self.topic, p) for p in positions}
         self.consumer.assign(list(self.tps.values()))
         for p, offset in positions.items():
             self.consumer.seek(self.tps[p], offset)
 
     def add_partitions(self, positions: dict[int, int]) -> None:
-        self.assign({**{p: self.position(p) for p in self.tps}, **positions})
+        self._assign({**{p: self.position(p) for p in self.tps}, **positions})
 
     def seek(self, partition: int, offset: int) -> None:
         self.consumer.seek(self.tps[partition], offset)

@@ -20,8 +20,8 @@ from ferry.entries import KafkaRecord, entry_to_record, record_digest, shadow_of
 from ferry.entries import without_shadow_header as _plain
 from ferry.ingest import migration_keys, read_state
 from ferry.kafka_source import open_source
-from ferry.positions import read_record_at
 from ferry.redis_target import connect_redis
+from ferry.validate import read_kafka_range
 
 SCAN_CHUNK = 5000
 COLUMNS = (
@@ -65,9 +65,9 @@ def sample_rows(
 ) -> list[dict]:
     """Up to ``size`` distinct records of the copied range, one row each: found in the
     stream or not, and whether its digest (key, value, headers, timestamp) matches Kafka's.
-    Offsets are not dense (transaction markers, compaction): a drawn offset stands for the
-    first record at or after it, and the draw is repeated (``max_rounds``) until ``size``
-    distinct records are found or the range has no more."""
+    Offsets are not dense (transaction markers, compaction): a drawn offset that holds no
+    record is drawn again (up to ``max_rounds`` draws) until ``size`` distinct records are
+    found or the range has no more."""
     target = connect_redis(config)
     keys = migration_keys(config)
     starts, frontiers = read_state(target, keys)
@@ -84,16 +84,30 @@ def sample_rows(
         for _ in range(max_rounds):
             fresh = [x for x in draw_offsets(ranges, size, rng) if x not in drawn]
             drawn.update(fresh)
-            for p, offset in fresh[: size - len(records)]:
-                record = read_record_at(source, p, offset, positions[p])
-                if record is not None and offset <= record.offset < positions[p]:
-                    records[(p, record.offset)] = record
+            records.update(read_records_at(source, fresh[: size - len(records)]))
             if len(records) >= size or len(drawn) >= sum(hi - lo for lo, hi in ranges.values()):
                 break
     finally:
         source.close()
     found = find_entries(target, keys.streams(sorted(positions)), records)
     return [_row(record, found.get(key)) for key, record in sorted(records.items())]
+
+
+def read_records_at(source, wanted: list[tuple[int, int]]) -> dict[tuple[int, int], KafkaRecord]:
+    """The record at each wanted (partition, offset), where one exists. Every partition is
+    read at once, one wanted offset each per round, so the rounds number the most wanted of
+    one partition, not the sum (a seek per round, not a read of the range between)."""
+    queues: dict[int, list[int]] = {}
+    for p, offset in sorted(wanted, reverse=True):
+        queues.setdefault(p, []).append(offset)  # popped from the end: lowest first
+    out: dict[tuple[int, int], KafkaRecord] = {}
+    while queues:
+        heads = {p: queue.pop() for p, queue in queues.items()}
+        for record in read_kafka_range(source, {p: (o, o) for p, o in heads.items()}):
+            if record.offset == heads[record.partition]:
+                out[(record.partition, record.offset)] = record
+        queues = {p: q for p, q in queues.items() if q}
+    return out
 
 
 def find_entries(
