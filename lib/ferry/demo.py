@@ -67,11 +67,14 @@ def run_demo(records: int = 200_000, partitions: int = 6, rate: float = 2000.0) 
             )
             children.append(traffic)
             consumer = _spawn(
-                ["group-consumer", "payments", GROUP, "--log", str(consumer_log)], None
+                ["group-consumer", "payments", GROUP, "--log", str(consumer_log)],
+                None,
+                logs / "consumer.log",
             )
             children.append(consumer)
             print(
-                f"live: {rate:.0f} msg/s through DualWriter; consumer group {GROUP!r} reading Kafka"
+                f"live: {rate:.0f} msg/s through DualWriter; consumer group {GROUP!r} reading "
+                f"Kafka (their logs: {logs})"
             )
             try:
                 # the group's consumer reads with auto.offset.reset=earliest: step 05 says so
