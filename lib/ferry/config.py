@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from ferry.errors import ConfigError
+from ferry.partitioner import DEFAULT_PARTITIONER, PARTITIONERS
 
 BROKERS = ("auto", "apache", "tansu")  # ferry.broker's traits
 
@@ -152,6 +153,14 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class WriterSettings:
+    """What the DualWriter needs of the application: the partitioner its Kafka producer uses
+    (librdkafka's names, ``ferry.partitioner``), so the Redis-first phases pick the same one."""
+
+    partitioner: str = DEFAULT_PARTITIONER
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """A validated stream config: one Kafka topic to one Redis Stream migration."""
 
@@ -162,6 +171,7 @@ class StreamConfig:
     batch_size: int = 2000
     trim: TrimPolicy | None = None
     source: str = field(default="<memory>", compare=False)
+    writer: WriterSettings = field(default_factory=WriterSettings)
 
     @property
     def hash_tag(self) -> str:
@@ -333,8 +343,20 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
     if not 1 <= batch_size <= 50_000:
         raise top.error(f"{batch_size} is outside 1..50000", "batch_size")
     trim = _trim(top)
+    writer = _writer(top)
     top.finish()
-    return StreamConfig(name, kafka, redis_settings, start, batch_size, trim, source)
+    return StreamConfig(name, kafka, redis_settings, start, batch_size, trim, source, writer)
+
+
+def _writer(top: _Fields) -> WriterSettings:
+    w = top.child("writer", required=False)
+    if w is None:
+        return WriterSettings()
+    settings = WriterSettings(
+        partitioner=w.get("partitioner", str, DEFAULT_PARTITIONER, PARTITIONERS)
+    )
+    w.finish()
+    return settings
 
 
 def _addresses(s: _Fields) -> tuple[tuple[str, int], ...]:

@@ -12,8 +12,11 @@
   fenced by the phase: after a rollback it refuses and the records go to Kafka the way the new
   phase says), then produces each to Kafka as the rollback *shadow*, with the entry's ID in a
   last header; the mirror moves the frontier over shadows without appending them again.
-  The partition is chosen before Redis sees the record: the one given, else murmur2 of the key
-  (what the producer uses in the Kafka phases too), else round robin.
+  The partition is chosen before Redis sees the record: the one given, else the one the
+  application's partitioner picks for the key (``ferry.partitioner``: the librdkafka
+  partitioner the producer is given in the Kafka phases too, ``consistent_random`` unless the
+  config's ``writer.partitioner``, the ``partitioner`` argument or ``producer_settings`` say
+  otherwise).
 - ``redis-only``: Redis only.
 
 A follower thread reads the phase every ``poll_interval_s`` and heartbeats the writer
@@ -25,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -35,9 +39,11 @@ import redis
 
 from ferry.config import StreamConfig
 from ferry.entries import SHADOW_HEADER, KafkaRecord, record_args
-from ferry.errors import FerryError, KafkaError
+from ferry.errors import ConfigError, FerryError, KafkaError
 from ferry.ingest import Ingestor, _script, migration_keys, parse_reply, script_error
 from ferry.kafka_source import resolve_bootstrap
+from ferry.partitioner import PARTITIONERS
+from ferry.partitioner import partitioner as partitioner_function
 from ferry.phases import (
     DRAINING,
     DUAL_WRITE,
@@ -83,11 +89,14 @@ class DualWriter:
         poll_interval_s: float = 0.2,
         registry=None,
         track_latency: bool = False,
+        partitioner: str | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
         from ferry.kafka_confluent import client_settings
 
+        self.partitioner = _partitioner_name(config, partitioner, producer_settings)
+        self._partition_for = partitioner_function(self.partitioner)
         self.config = config
         self.keys = migration_keys(config)
         self.writer_id = writer_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
@@ -100,18 +109,18 @@ class DualWriter:
                 **client_settings(config.kafka, resolve_bootstrap(config.kafka)),
                 "enable.idempotence": True,
                 "linger.ms": 5,  # Tansu reads back 1-record batches very slowly
-                # the Java client's key hashing, which redis-primary reproduces in Python
-                "partitioner": "murmur2_random",
                 **(producer_settings or {}),
+                # the application's partitioner, which the Redis-first path reproduces in Python
+                "partitioner": self.partitioner,
             }
         )
         self.counts = WriterCounts()
         self.partitions = _partition_count(self.producer, config.kafka.topic)
+        self._rng = random.Random()
         self.failed: list[tuple[KafkaRecord, str]] = []  # records no side accepted, and why
         self._primary_script = _script(self.redis, "primary.lua")
         self._queued: deque = deque()  # records waiting for their Redis-first write
         self._primary_pending = 0  # queued or waiting for their shadow's delivery
-        self._round_robin = 0
         self.holds_ms: list[float] = []
         self.last_drain_ms = 0.0
         self._drain_began: float | None = None
@@ -197,13 +206,9 @@ class DualWriter:
                 self.producer.poll(0.01)
 
     def _choose_partition(self, key: bytes | None) -> int:
-        """Called with the lock held: murmur2 of the key as the producer would, else round robin."""
-        if key is None:
-            self._round_robin = (self._round_robin + 1) % self.partitions
-            return self._round_robin
-        from kafka.partitioner.default import murmur2
-
-        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        """Called with the lock held: the partition the application's partitioner picks (at
+        random where librdkafka picks at random)."""
+        return self._partition_for(key, self.partitions, self._rng)
 
     def _hold(self) -> None:
         """Called with the lock held while draining: wait for the phase to move on."""
@@ -480,6 +485,26 @@ class DualWriter:
                 self.last_drain_ms,
             ),
         )
+
+
+def _partitioner_name(config: StreamConfig, given: str | None, producer_settings) -> str:
+    """The application's partitioner: the argument, else ``producer_settings``, else the
+    config's ``writer.partitioner``; a name librdkafka does not have is refused."""
+    settings = producer_settings or {}
+    for name, where in (
+        (given, "DualWriter partitioner"),
+        (settings.get("partitioner"), "DualWriter producer_settings['partitioner']"),
+    ):
+        if name is not None and name not in PARTITIONERS:
+            raise ConfigError(
+                f"{where}: {name!r} is not one of {', '.join(PARTITIONERS)} (librdkafka's)"
+            )
+    if given is not None and settings.get("partitioner", given) != given:
+        raise ConfigError(
+            f"DualWriter: two partitioners, {given!r} (partitioner) and "
+            f"{settings['partitioner']!r} (producer_settings); give one"
+        )
+    return given or settings.get("partitioner") or config.writer.partitioner
 
 
 def _partition_count(producer, topic: str) -> int:
