@@ -16,7 +16,9 @@
   application's partitioner picks for the key (``ferry.partitioner``: the librdkafka
   partitioner the producer is given in the Kafka phases too, ``consistent_random`` unless the
   config's ``writer.partitioner``, the ``partitioner`` argument or ``producer_settings`` say
-  otherwise).
+  otherwise), among the topic's partitions as last read from Kafka (every
+  ``partition_refresh_s``, and as soon as a delivery names a partition beyond them or the
+  phase turns Redis-first); a partition added to the topic is used once the mirror armed it.
 - ``redis-only``: Redis only.
 
 A follower thread reads the phase every ``poll_interval_s`` and heartbeats the writer
@@ -90,6 +92,7 @@ class DualWriter:
         registry=None,
         track_latency: bool = False,
         partitioner: str | None = None,
+        partition_refresh_s: float = 10.0,
     ) -> None:
         from confluent_kafka import Producer
 
@@ -97,6 +100,7 @@ class DualWriter:
 
         self.partitioner = _partitioner_name(config, partitioner, producer_settings)
         self._partition_for = partitioner_function(self.partitioner)
+        self.partition_refresh_s = partition_refresh_s
         self.config = config
         self.keys = migration_keys(config)
         self.writer_id = writer_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
@@ -115,7 +119,11 @@ class DualWriter:
             }
         )
         self.counts = WriterCounts()
-        self.partitions = _partition_count(self.producer, config.kafka.topic)
+        # the partition count the Redis-first path hashes keys over (refresh_partitions)
+        self.partitions = self._usable_partitions(
+            _partition_count(self.producer, config.kafka.topic), 0
+        )
+        self._refresh_now = threading.Event()
         self._rng = random.Random()
         self.failed: list[tuple[KafkaRecord, str]] = []  # records no side accepted, and why
         self._primary_script = _script(self.redis, "primary.lua")
@@ -142,6 +150,7 @@ class DualWriter:
             threading.Thread(target=self._write_redis, daemon=True, name="ferry-redis"),
             threading.Thread(target=self._follow_phase, daemon=True, name="ferry-phase"),
             threading.Thread(target=self._write_primary, daemon=True, name="ferry-primary"),
+            threading.Thread(target=self._follow_partitions, daemon=True, name="ferry-partitions"),
         ]
         self._report()
         for t in self._threads:
@@ -210,6 +219,55 @@ class DualWriter:
         random where librdkafka picks at random)."""
         return self._partition_for(key, self.partitions, self._rng)
 
+    def _follow_partitions(self) -> None:
+        """Keep the partition count fresh: every ``partition_refresh_s``, and at once when a
+        delivery or the phase asks (``_refresh_now``)."""
+        while not self._closing.is_set():
+            self._refresh_now.wait(self.partition_refresh_s)
+            self._refresh_now.clear()
+            if self._closing.is_set():
+                return
+            try:
+                self.refresh_partitions()
+            except Exception as exc:  # noqa: BLE001 - keep the count known; the next refresh retries
+                logging.getLogger("ferry.writer").warning(
+                    "writer %s could not refresh the partitions of %s: %s",
+                    self.writer_id,
+                    self.config.kafka.topic,
+                    exc,
+                )
+
+    def refresh_partitions(self) -> int:
+        """Read the topic's partition count from Kafka (through the producer, so librdkafka's
+        own metadata follows too) and use the partitions the migration has armed."""
+        found = _partition_count(self.producer, self.config.kafka.topic, timeout_s=5)
+        usable = self._usable_partitions(found, self.partitions)
+        if usable != self.partitions:
+            logging.getLogger("ferry.writer").info(
+                "writer %s: topic %s now has %d partitions (was %d)",
+                self.writer_id,
+                self.config.kafka.topic,
+                usable,
+                self.partitions,
+            )
+            self.partitions = usable
+        return usable
+
+    def _usable_partitions(self, found: int, known: int) -> int:
+        """Of the ``found`` partitions, those the Redis-first path may write to: beyond the
+        ``known`` ones, a new partition counts once the migration armed it (the mirror arms a
+        partition added while it follows; before that, Redis refuses a Redis-first write to
+        it). An unarmed migration does not restrict the count."""
+        if found <= known:
+            return known
+        armed = self.redis.hmget(self.keys.state, [f"frontier:{p}" for p in range(found)])
+        if not any(armed):
+            return found
+        usable = max(known, 0)
+        while usable < found and armed[usable] is not None:
+            usable += 1
+        return usable
+
     def _hold(self) -> None:
         """Called with the lock held while draining: wait for the phase to move on."""
         began = time.monotonic()
@@ -256,6 +314,7 @@ class DualWriter:
     def close(self) -> None:
         self.flush()
         self._closing.set()
+        self._refresh_now.set()
         for t in self._threads:
             t.join(timeout=5)
         try:
@@ -276,6 +335,8 @@ class DualWriter:
                     self._in_flight -= 1
                 return
             self.counts.delivered += 1
+            if msg.partition() >= self.partitions:  # librdkafka knows of more partitions
+                self._refresh_now.set()
             record = KafkaRecord(
                 msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value(), headers
             )
@@ -450,6 +511,8 @@ class DualWriter:
                     elif self.phase == DRAINING and self._drain_began is not None:
                         # the pause this writer's callers saw: draining as the writer saw it
                         self.last_drain_ms = (time.monotonic() - self._drain_began) * 1000
+                    if state.phase in REDIS_FIRST and self.phase not in REDIS_FIRST:
+                        self._refresh_now.set()  # the Python partitioner takes over
                     self.phase, self.epoch = state.phase, state.epoch
                     self._phase_changed.notify_all()
                 drained = self._in_flight == 0 and not self._delivered
@@ -507,9 +570,9 @@ def _partitioner_name(config: StreamConfig, given: str | None, producer_settings
     return given or settings.get("partitioner") or config.writer.partitioner
 
 
-def _partition_count(producer, topic: str) -> int:
+def _partition_count(producer, topic: str, timeout_s: float = 10) -> int:
     try:
-        metadata = producer.list_topics(topic, timeout=10)
+        metadata = producer.list_topics(topic, timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException
         raise KafkaError(f"cannot read the metadata of topic {topic!r}: {exc}") from exc
     found = metadata.topics.get(topic)

@@ -1,11 +1,12 @@
 """One partitioner across phases: the Python partitioners against librdkafka's own choices,
 the same key on the same partition through the producer (dual-write) and the Redis-first path
-(redis-primary)."""
+(redis-primary), and partitions added while a writer runs Redis-first."""
 
 import random
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 import ferry
 from ferry.cutover import run_cutover
@@ -14,6 +15,7 @@ from ferry.mirror import backfill
 from ferry.partitioner import DEFAULT_PARTITIONER, PARTITIONERS, is_keyed, partition_for
 from ferry.phases import REDIS_PRIMARY, start_dual_write
 from ferry.seed import payment_events
+from ferry.validate import validate_stream
 
 from .helpers import Mirror, read_kafka_raw, read_redis_records, wait_until
 from .test_primary import check_both_sides, wait_for_no_lag
@@ -131,3 +133,48 @@ def test_one_account_one_partition_before_during_and_after_the_cutover(
     assert len(set(phases[b"primary"].values())) == 5
     result = check_both_sides(stream, redis_client, 5)
     assert result.ok, result
+
+
+@pytest.mark.requires_broker(["apache"], reason="Tansu 0.6 has no CreatePartitions")
+def test_partitions_added_while_redis_primary_get_their_keys(make_stream, redis_client):
+    stream = make_stream(list(payment_events(20, 2)), partitions=2)
+    topic = stream.config.kafka.topic
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, migration_keys(stream.config), "test")
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05, partition_refresh_s=0.5)
+    accounts = [b"acct-%d" % i for i in range(200)]
+    mirror = None
+    try:
+        mirror = Mirror(stream.config)
+        run_cutover(stream.config, pause_bound_s=3.0)
+        _wait_for_phase(writer, REDIS_PRIMARY)
+        for key in accounts:
+            writer.send(b"before", key=key)
+        writer.flush()
+        admin = AdminClient({"bootstrap.servers": stream.bootstrap})
+        admin.create_partitions([NewPartitions(topic, 4)])[topic].result(30)
+        # the writer learns the new count from Kafka, and uses it once the mirror armed them
+        wait_until(lambda: writer.partitions == 4, "the writer to use 4 partitions", 30)
+        for key in accounts:
+            writer.send(b"after", key=key)
+        writer.flush()
+        wait_for_no_lag(stream.config)
+    finally:
+        writer.close()
+        if mirror is not None:
+            mirror.close()
+    assert not writer.failed
+    entries = [r for _, r in read_redis_records(redis_client, stream.config.redis.stream)]
+    before = {r.key: r.partition for r in entries if r.value == b"before"}
+    after = {r.key: r.partition for r in entries if r.value == b"after"}
+    assert before == {k: partition_for("consistent_random", k, 2) for k in accounts}
+    assert after == {k: partition_for("consistent_random", k, 4) for k in accounts}
+    assert set(after.values()) == {0, 1, 2, 3}
+    kafka = read_kafka_raw(stream.bootstrap, topic, 4)
+    assert {r.key: r.partition for p in (2, 3) for r in kafka.get(p, [])} == {
+        k: p for k, p in after.items() if p >= 2
+    }  # the shadows of the new partitions' entries are in Kafka
+    result = check_both_sides(stream, redis_client, 4)
+    assert result.ok and result.unshadowed == 0, result
+    report = validate_stream(stream.config)
+    assert report.ok, report.failures()
