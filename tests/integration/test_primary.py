@@ -93,7 +93,7 @@ def test_redis_only_writes_no_shadow_and_the_partition_follows_the_key(make_stre
     mirror = Mirror(stream.config)
     try:
         keys_sent = [b"acct_%d" % i for i in range(40)]
-        for key in keys_sent:  # dual-write: librdkafka's murmur2 picks the partition
+        for key in keys_sent:  # dual-write: librdkafka's partitioner picks the partition
             writer.send(b"dual", key=key)
         writer.flush()
         wait_for_no_lag(stream.config)
