@@ -272,7 +272,10 @@ def cmd_cutover(args: argparse.Namespace) -> int:
     from ferry.cutover import run_cutover
 
     report = run_cutover(
-        load_config(args.stream), pause_bound_s=args.pause_bound, lag_threshold=args.lag_threshold
+        load_config(args.stream),
+        pause_bound_s=args.pause_bound,
+        lag_threshold=args.lag_threshold,
+        attempts=args.attempts,
     )
     print(json.dumps(report.__dict__, default=str))
     return 0
@@ -498,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     co.add_argument("stream", help=STREAM_HELP)
     co.add_argument("--pause-bound", type=float, default=1.0, help="seconds writers may be held")
+    co.add_argument(
+        "--attempts",
+        type=int,
+        default=1,
+        help="drains to try: one that would pass the pause bound goes back to dual-write and "
+        "the next starts 2 s later",
+    )
     co.add_argument(
         "--lag-threshold", type=int, default=10_000, help="mirror lag allowed before draining"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ferry.config import StreamConfig
 from ferry.errors import FerryError
@@ -29,12 +29,18 @@ class CutoverAborted(FerryError):
     """The cutover went back to dual-write; nothing was lost. The message says why."""
 
 
+class PauseBoundExceeded(CutoverAborted):
+    """Writers or the mirror were not ready within the pause bound: back to dual-write; a
+    later attempt may succeed (a busy machine, a burst of traffic)."""
+
+
 @dataclass(frozen=True)
 class CutoverReport:
     epoch: int
     pause_ms: float  # from draining to redis-primary, as the coordinator saw it
     writers: dict[str, float] = field(default_factory=dict)  # draining as each writer saw it (ms)
     lag_at_switch: dict[int, int] = field(default_factory=dict)
+    attempts: int = 1  # the drains tried; each one before the last went back to dual-write
 
 
 def mirror_lag(config: StreamConfig, source=None, client=None) -> dict[int, int]:
@@ -89,10 +95,39 @@ def _writer_pauses(
 
 
 def run_cutover(
-    config: StreamConfig, *, pause_bound_s: float = 1.0, lag_threshold: int = 10_000
+    config: StreamConfig,
+    *,
+    pause_bound_s: float = 1.0,
+    lag_threshold: int = 10_000,
+    attempts: int = 1,
+    retry_after_s: float = 2.0,
 ) -> CutoverReport:
     """Gates, draining, wait for every live writer's acknowledgement and zero lag, then
-    redis-primary; abort back to dual-write when the pause bound would be exceeded."""
+    redis-primary; abort back to dual-write when the pause bound would be exceeded, and try
+    again (up to ``attempts`` drains, ``retry_after_s`` apart, each bounded the same way)."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+    for attempt in range(1, attempts + 1):
+        try:
+            report = _cutover_once(config, pause_bound_s, lag_threshold)
+        except PauseBoundExceeded as exc:
+            if attempt == attempts:
+                raise
+            log.warning(
+                "cutover %s: attempt %d of %d aborted (%s); trying again in %.1fs",
+                config.name,
+                attempt,
+                attempts,
+                exc,
+                retry_after_s,
+            )
+            time.sleep(retry_after_s)  # writers resume and the mirror catches up meanwhile
+            continue
+        return replace(report, attempts=attempt)
+    raise AssertionError("unreachable")
+
+
+def _cutover_once(config: StreamConfig, pause_bound_s: float, lag_threshold: int) -> CutoverReport:
     client = connect_redis(config)
     keys = migration_keys(config)
     failed = [
@@ -118,6 +153,9 @@ def run_cutover(
             live = [w for w in read_writers(client, keys) if w.live(now_ms())]
             behind = [w.writer_id for w in live if w.acked_epoch != state.epoch]
             lag = mirror_lag(config, source, client) if not behind else None
+            if time.monotonic() >= deadline:  # the checks themselves took us past the bound
+                waiting = "the bound passed while checking writers and lag"
+                break
             if not behind and lag is not None and not any(lag.values()):
                 # where Kafka's shadows begin, per partition: hand-over reads them from here
                 _, frontiers = read_state(client, keys)
@@ -142,7 +180,7 @@ def run_cutover(
         abort_cutover(client, keys, reason=f"pause bound {pause_bound_s}s: {waiting}")
         log_event(client, keys, "cutover", ok=False, reason=waiting)
         log.warning("cutover %s: aborted back to dual-write (%s)", config.name, waiting)
-        raise CutoverAborted(
+        raise PauseBoundExceeded(
             f"cutover aborted back to dual-write after {pause_bound_s}s ({waiting}); writers resume, nothing lost"
         )
     finally:

@@ -176,7 +176,7 @@ def final_report(folder: Path):
                 "05 cutover",
                 f"pause {cutover['pause_ms']:.0f} ms (longest writer hold "
                 f"{max(writers.values(), default=0):.0f} ms, {len(writers)} writer(s)), "
-                f"epoch {cutover['epoch']}, lag at the switch "
+                f"epoch {cutover['epoch']}, attempt {cutover.get('attempts', 1)}, lag at the switch "
                 f"{sum(cutover.get('lag_at_switch', {}).values())}; groups handed over: "
                 f"{groups or 'none'}",
             )

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import ferry
-from ferry.cutover import CutoverAborted, mirror_lag, run_cutover
+from ferry.cutover import CutoverAborted, PauseBoundExceeded, mirror_lag, run_cutover
 from ferry.entries import KafkaRecord
 from ferry.ingest import migration_keys, read_state
 from ferry.mirror import backfill
@@ -30,7 +30,7 @@ from ferry.reconcile import kafka_identity, record_identity
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
 
-from .helpers import Mirror, by_partition, ferry_cli, read_redis_records
+from .helpers import Mirror, by_partition, ferry_cli, read_redis_records, wait_until
 
 
 def test_transitions_are_logged_with_epochs_and_illegal_ones_refused(make_stream, redis_client):
@@ -155,6 +155,53 @@ def test_writer_missing_the_handshake_blocks_cutover_and_it_aborts_cleanly(
     assert phases[-2:] == [(DUAL_WRITE, DRAINING), (DRAINING, DUAL_WRITE)]
     _, frontiers = read_state(redis_client, keys)
     assert sum(f + 1 for f in frontiers.values()) + sum(mirror_lag(stream.config).values()) == 700
+
+
+def test_a_drain_past_its_bound_goes_back_to_dual_write_and_the_next_attempt_switches(
+    make_stream, redis_client
+):
+    stream = make_stream(list(payment_events(300, 2)), partitions=2)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+    stop = threading.Event()
+
+    def slow_writer():
+        """Acknowledges dual-write (after each abort too) but never draining in time."""
+        while not stop.is_set():
+            state = read_phase(redis_client, keys)
+            if state.phase == DUAL_WRITE:
+                report_writer(redis_client, keys, WriterInfo("ghost", now_ms(), state.epoch, DUAL_WRITE))  # fmt: skip
+            stop.wait(0.02)  # a writer's poll interval
+
+    ghost = threading.Thread(target=slow_writer, daemon=True)
+    ghost.start()
+    try:
+        epoch = read_phase(redis_client, keys).epoch
+        wait_until(
+            lambda: (
+                {w.writer_id: w.acked_epoch for w in read_writers(redis_client, keys)}
+                == {writer.writer_id: epoch, "ghost": epoch}
+            ),
+            "both writers acknowledged dual-write",
+        )
+        with pytest.raises(PauseBoundExceeded, match=r"writers not acknowledged: \['ghost'\]"):
+            run_cutover(stream.config, pause_bound_s=0.3, attempts=2, retry_after_s=0.5)
+        assert read_phase(redis_client, keys).phase == DUAL_WRITE
+        aborted = [e for e in read_events(redis_client, keys) if e["type"] == "cutover"]
+        assert [e.get("ok") for e in aborted] == ["False", "False"]  # both attempts, recorded
+        stop.set()
+        ghost.join()
+        redis_client.hdel(f"{keys.tag}:ferry:writers", "ghost")  # the stuck writer is gone
+        epoch = read_phase(redis_client, keys).epoch
+        wait_until(lambda: writer.acked_epoch == epoch, "the writer acknowledged the abort")
+        report = run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
+        assert report.attempts == 1 and read_phase(redis_client, keys).phase == REDIS_PRIMARY
+    finally:
+        stop.set()
+        writer.close()
+        redis_client.hdel(f"{keys.tag}:ferry:writers", "ghost")
 
 
 def test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending(
