@@ -304,7 +304,15 @@ def _run(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="rec", unit_scale=True, desc=f"backfill {config.name}")
+        in_notebook = "ipykernel" in sys.modules  # stderr there is drawn as an error box
+        bar = tqdm(
+            total=total,
+            unit="rec",
+            unit_scale=True,
+            desc=f"backfill {config.name}",
+            file=sys.stdout if in_notebook else sys.stderr,
+            mininterval=2.0 if in_notebook else 0.1,
+        )
 
     shared = _Shared()
     queues: list[queue.Queue[_Batch | None]] = [

@@ -1,5 +1,6 @@
 """The runbook end to end: Papermill runs, gates, the audit archive and its secrets."""
 
+import json
 import os
 import re
 import shutil
@@ -104,6 +105,11 @@ def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_
         "06-retention-scaling",
     ):
         assert (folder / f"{label}.ipynb").exists() and (folder / f"{label}.html").exists()
+        # nothing drawn as an error box: client libraries log to clients.log, bars go to stdout
+        cells = json.loads((folder / f"{label}.ipynb").read_text())["cells"]
+        red = [o for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+        assert red == [], (label, ["".join(o["text"])[:200] for o in red])
+    assert (folder / "clients.log").exists()
     assert (folder / "data-docs" / "index.html").exists()
     assert (folder / "keda-scaledobject.yaml").exists()
     assert verify_archive(folder) == []
