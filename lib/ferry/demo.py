@@ -185,6 +185,10 @@ def _settle(config) -> None:
         if not any(lag.values()) and backlog == 0:
             return
         time.sleep(0.2)  # waiting on the mirror and the consumer, bounded by SETTLE_S
+    print(
+        f"after {SETTLE_S:.0f}s the follow mirror still lags {sum(lag.values())} records and "
+        f"group {GROUP!r} has {backlog} entries to read: the check below counts what arrived"
+    )
 
 
 def _print_report(report: LiveReport, cutover: dict, counts: dict) -> None:
