@@ -20,6 +20,7 @@ from ferry.runner import run_runbook
 from ferry.seed import awkward_records, create_topic, payment_events, produce_records
 from ferry.traffic import generate_traffic
 
+from .chromium import OFFLINE_FLAGS
 from .helpers import ferry_cli
 
 SENTINEL = "s3ntinel-Pa55w0rd-8d1f"
@@ -187,15 +188,7 @@ def test_archived_html_shows_its_charts_in_headless_chromium(runbook_stream, tmp
     subprocess.run(
         [
             "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--proxy-server=127.0.0.1:9",
-            "--host-resolver-rules=MAP * ~NOTFOUND",
+            *OFFLINE_FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--window-size=1280,4000",
             f"--screenshot={shot}",
