@@ -74,6 +74,9 @@ def connect_failure(bootstrap: str, exc: Exception, reported: list) -> str:
 
 class ConfluentSource:
     client_name = "confluent"
+    # a poll may take a few records and leave the rest buffered: a reader that wants one record
+    # per partition (the row sample's seeks) asks for few instead of converting 20,000
+    small_polls = True
 
     def __init__(self, settings: KafkaSettings, bootstrap: str, name: str):
         self.topic = settings.topic

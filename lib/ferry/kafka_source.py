@@ -43,6 +43,7 @@ class KafkaSource(Protocol):
     """What ferry needs from a Kafka client."""
 
     client_name: str
+    small_polls: bool  # a poll may take a few records and leave the rest for the next one
 
     def describe_topic(self) -> TopicInfo: ...
 

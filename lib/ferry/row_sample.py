@@ -103,7 +103,9 @@ def read_records_at(source, wanted: list[tuple[int, int]]) -> dict[tuple[int, in
     out: dict[tuple[int, int], KafkaRecord] = {}
     while queues:
         heads = {p: queue.pop() for p, queue in queues.items()}
-        for record in read_kafka_range(source, {p: (o, o) for p, o in heads.items()}):
+        ranges = {p: (o, o) for p, o in heads.items()}
+        batch = 4 * len(ranges) if getattr(source, "small_polls", False) else 20_000
+        for record in read_kafka_range(source, ranges, batch=batch):
             if record.offset == heads[record.partition]:
                 out[(record.partition, record.offset)] = record
         queues = {p: q for p, q in queues.items() if q}

@@ -196,16 +196,17 @@ def scan_redis(
 
 
 def read_kafka_range(
-    source: KafkaSource, ranges: dict[int, tuple[int, int]]
+    source: KafkaSource, ranges: dict[int, tuple[int, int]], batch: int = 20_000
 ) -> Iterator[KafkaRecord]:
-    """Every record Kafka holds in ``[first, last]`` per partition, in order per partition."""
+    """Every record Kafka holds in ``[first, last]`` per partition, in order per partition
+    (``batch``: records taken from the client per poll)."""
     todo = {p: r for p, r in ranges.items() if r[1] >= r[0]}
     if not todo:
         return
     source.assign({p: first for p, (first, _) in todo.items()})
     last_progress = time.monotonic()
     while todo:
-        records = source.poll_records(20_000, 0.2)
+        records = source.poll_records(batch, 0.2)
         if records:
             last_progress = time.monotonic()
         for record in records:
