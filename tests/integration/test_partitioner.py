@@ -110,7 +110,7 @@ def test_one_account_one_partition_before_during_and_after_the_cutover(
             writer.send(b"dual", key=key)
         writer.flush()
         wait_for_no_lag(stream.config)
-        run_cutover(stream.config, pause_bound_s=3.0)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
         _wait_for_phase(writer, REDIS_PRIMARY)
         for key in accounts:
             writer.send(b"primary", key=key)
@@ -146,7 +146,7 @@ def test_partitions_added_while_redis_primary_get_their_keys(make_stream, redis_
     mirror = None
     try:
         mirror = Mirror(stream.config)
-        run_cutover(stream.config, pause_bound_s=3.0)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
         _wait_for_phase(writer, REDIS_PRIMARY)
         for key in accounts:
             writer.send(b"before", key=key)

@@ -15,7 +15,7 @@ from ferry.rollback import plan_rollback, roll_back
 from ferry.seed import payment_events
 from ferry.validate import validate_stream
 
-from .helpers import Mirror, read_kafka_raw, read_redis_records
+from .helpers import Mirror, read_kafka_raw, read_redis_records, wait_until
 
 
 def wait_for_no_lag(config, attempts=3000):
@@ -47,7 +47,7 @@ def test_redis_primary_then_rollback_then_cutover_again_keeps_every_record_once(
         for i in range(200):
             writer.send(b"dual %d" % i, key=b"k%d" % (i % 7))
         writer.flush()
-        run_cutover(stream.config, pause_bound_s=3.0)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
         for i in range(300):  # redis-primary, sent while the writer may still see draining
             writer.send(b"primary %d" % i, key=b"k%d" % (i % 7), headers=[("trace", b"%d" % i)])
         writer.flush()
@@ -65,7 +65,7 @@ def test_redis_primary_then_rollback_then_cutover_again_keeps_every_record_once(
             writer.send(b"after rollback %d" % i, key=b"k%d" % (i % 7))
         writer.flush()
         wait_for_no_lag(stream.config)
-        run_cutover(stream.config, pause_bound_s=3.0)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
         for i in range(100):
             writer.send(b"second cutover %d" % i)
         writer.flush()
@@ -97,12 +97,9 @@ def test_redis_only_writes_no_shadow_and_the_partition_follows_the_key(make_stre
             writer.send(b"dual", key=key)
         writer.flush()
         wait_for_no_lag(stream.config)
-        run_cutover(stream.config, pause_bound_s=3.0)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
         finish_migration(redis_client, keys, "test")
-        for _ in range(200):
-            if writer.phase == REDIS_ONLY:
-                break
-            writer._closing.wait(0.01)  # the writer follows within its poll interval
+        wait_until(lambda: writer.phase == REDIS_ONLY, "the writer follows to redis-only")
         for key in keys_sent:
             writer.send(b"redis only", key=key)
         writer.flush()
