@@ -22,6 +22,8 @@ from ferry.config import StreamConfig, parse_config
 from ferry.seed import SeedRecord, create_topic, produce_records
 from ferry.services import Services, start_services, stop_services
 
+from .helpers import OwnRedis
+
 
 def _kinds(var: str, default: str) -> list[str]:
     return [k.strip() for k in os.environ.get(var, default).split(",") if k.strip()]
@@ -162,3 +164,13 @@ def make_stream(services, redis_client, request):
         keys = list(redis_client.scan_iter(match=f"*{{{config.name}}}*", count=1000))
         if keys:
             redis_client.delete(*keys)
+
+
+@pytest.fixture
+def own_redis(services, tmp_path):
+    """A Redis server of the stack's kind for this test alone: to restart, stall or kill."""
+    server = OwnRedis(services.redis_binary, tmp_path)
+    server.start()
+    yield server
+    if server.proc.poll() is None:
+        server.kill()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 import redis
 from confluent_kafka import Consumer, TopicPartition
@@ -11,6 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from ferry.entries import KafkaRecord, entry_to_record
 from ferry.mirror import backfill
 from ferry.seed import SeedRecord
+from ferry.services import _spawn, _wait_ready, free_port, probe_redis
 
 
 def read_redis_records(client: redis.Redis, stream: str) -> list[tuple[bytes, KafkaRecord]]:
@@ -162,3 +165,33 @@ def wait_until(predicate, what: str, timeout_s: float = 60.0) -> None:
             return
         done.wait(0.05)  # polling a condition, bounded by timeout_s
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class OwnRedis:
+    """A Redis server of the stack's kind on its own port and folder, with an AOF fsynced on
+    every write, so a kill loses nothing and a restart brings the same data back."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder, self.port = binary, folder, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(self.folder), "--save", "", "--daemonize", "no"]
+        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        args += ["--maxmemory-policy", "noeviction"]
+        self.proc = _spawn(args, self.folder / "redis.log")
+        _wait_ready(
+            "own redis", self.proc, lambda: probe_redis(self.url), self.folder / "redis.log"
+        )
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)

@@ -14,18 +14,6 @@ from .helpers import ferry_cli, wait_until
 pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
 
 
-@pytest.fixture
-def own_redis(services, tmp_path):
-    """A Redis server of the stack's kind of this test's own, to stall with SIGSTOP."""
-    from .test_redis_faults import OwnRedis
-
-    server = OwnRedis(services.redis_binary, tmp_path)
-    server.start()
-    yield server
-    if server.proc.poll() is None:
-        server.kill()
-
-
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_a_broker_that_is_down_is_one_line_not_a_flood(make_stream, tmp_path, client):
     stream = make_stream([], partitions=1, client=client)

@@ -18,11 +18,12 @@ import yaml
 from ferry.config import parse_config
 from ferry.mirror import backfill
 from ferry.seed import SeedRecord, produce_records
-from ferry.services import _spawn, _wait_ready, free_port, probe_redis
+from ferry.services import free_port
 from ferry.validate import validate_stream
 
 from .helpers import (
     Mirror,
+    OwnRedis,
     backfill_cli_error,
     by_partition,
     ferry_cli,
@@ -32,45 +33,6 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
-
-
-class OwnRedis:
-    """A Redis server of the stack's kind on its own port and folder, with an AOF fsynced on
-    every write, so a kill loses nothing and a restart brings the same data back."""
-
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.binary, self.folder, self.port = binary, folder, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.folder), "--save", "", "--daemonize", "no"]
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
-        args += ["--maxmemory-policy", "noeviction"]
-        self.proc = _spawn(args, self.folder / "redis.log")
-        _wait_ready(
-            "own redis", self.proc, lambda: probe_redis(self.url), self.folder / "redis.log"
-        )
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-
-@pytest.fixture
-def own_redis(services, tmp_path):
-    server = OwnRedis(services.redis_binary, tmp_path)
-    server.start()
-    yield server
-    if server.proc.poll() is None:
-        server.kill()
 
 
 def on_own_redis(stream, server: OwnRedis, **redis_extra):
