@@ -138,17 +138,9 @@ def start_follower(config: StreamConfig, wait_s: float = 30.0) -> FollowerInfo:
 
 def stop_follower(config: StreamConfig, wait_s: float = 30.0) -> bool:
     """Stop the follow mirror this machine runs for the stream (SIGTERM: it finishes its
-    batch and exits). False when none is live here."""
-    info = live_follower(config)
-    if info is None or not info.local:
-        return False
-    try:
-        os.kill(info.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    _wait_exit(info.pid, wait_s)
-    connect_redis(config).delete(follower_key(migration_keys(config)))
-    return True
+    batch and exits). False when none is live here or it did not exit within ``wait_s``
+    (then its heartbeat record stays: it still runs)."""
+    return stop_mirror(config, wait_s).stopped
 
 
 def mirror_status(config: StreamConfig) -> dict:
