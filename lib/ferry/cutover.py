@@ -11,11 +11,14 @@ from ferry.errors import FerryError
 from ferry.ingest import migration_keys, read_state
 from ferry.kafka_source import open_source
 from ferry.phases import (
+    DRAINING,
     DUAL_WRITE,
+    LeaseExpired,
+    PhaseState,
     abort_cutover,
     complete_cutover,
+    live_writers,
     log_event,
-    now_ms,
     read_phase,
     read_writers,
     start_draining,
@@ -57,16 +60,19 @@ def mirror_lag(config: StreamConfig, source=None, client=None) -> dict[int, int]
     return {p: max(0, high[p] - (frontiers.get(p, -1) + 1)) for p in partitions}
 
 
-def cutover_gates(
-    config: StreamConfig, lag_threshold: int, now: int | None = None
-) -> list[tuple[str, bool, str]]:
-    """What must hold before draining starts: dual-write, every live writer acknowledged the
-    current epoch, lag under the threshold."""
+def lease_for(pause_bound_s: float) -> float:
+    """The draining lease of a cutover: longer than its pause bound, with a margin, so a live
+    coordinator always switches or aborts first and only a dead one lets it run out."""
+    return max(pause_bound_s * 2, pause_bound_s + 2.0)
+
+
+def cutover_gates(config: StreamConfig, lag_threshold: int) -> list[tuple[str, bool, str]]:
+    """What must hold before draining starts: dual-write, every live writer (by the Redis
+    server's clock) acknowledged the current epoch, lag under the threshold."""
     client = connect_redis(config)
     keys = migration_keys(config)
     state = read_phase(client, keys)
-    now = now or now_ms()
-    live = [w for w in read_writers(client, keys) if w.live(now)]
+    live = live_writers(client, keys)
     behind = [w.writer_id for w in live if w.acked_epoch != state.epoch]
     lag = mirror_lag(config)
     return [
@@ -140,48 +146,70 @@ def _cutover_once(config: StreamConfig, pause_bound_s: float, lag_threshold: int
     source = open_source(config)
     try:
         began = time.monotonic()
-        state = start_draining(client, keys, reason="cutover")
+        lease_s = lease_for(pause_bound_s)
+        state = start_draining(client, keys, reason="cutover", lease_s=lease_s)
         log.info(
-            "cutover %s: draining (epoch %d), pause bound %.1fs",
+            "cutover %s: draining (epoch %d), pause bound %.1fs, lease %.1fs",
             config.name,
             state.epoch,
             pause_bound_s,
+            lease_s,
         )
-        deadline = began + pause_bound_s
-        waiting = "writers and mirror"
-        while time.monotonic() < deadline:
-            live = [w for w in read_writers(client, keys) if w.live(now_ms())]
-            behind = [w.writer_id for w in live if w.acked_epoch != state.epoch]
-            lag = mirror_lag(config, source, client) if not behind else None
-            if time.monotonic() >= deadline:  # the checks themselves took us past the bound
-                waiting = "the bound passed while checking writers and lag"
-                break
-            if not behind and lag is not None and not any(lag.values()):
-                # where Kafka's shadows begin, per partition: hand-over reads them from here
-                _, frontiers = read_state(client, keys)
-                for p, frontier in frontiers.items():
-                    client.hsetnx(keys.state, f"primary_from:{p}", frontier + 1)
-                done = complete_cutover(client, keys, reason="drained")
-                pause = (time.monotonic() - began) * 1000
-                writers = _writer_pauses(client, keys, done.epoch, [w.writer_id for w in live])
-                report = CutoverReport(done.epoch, pause, writers, lag)
-                log_event(
-                    client, keys, "cutover", ok=True, pause_ms=round(pause, 1), epoch=done.epoch
-                )
-                log.info(
-                    "cutover %s: redis-primary (epoch %d), writers paused %.1f ms",
-                    config.name,
-                    done.epoch,
-                    pause,
-                )
-                return report
-            waiting = f"writers not acknowledged: {behind}" if behind else f"mirror lag {lag}"
-            time.sleep(0.01)  # polling the registry and the lag within the bound
-        abort_cutover(client, keys, reason=f"pause bound {pause_bound_s}s: {waiting}")
-        log_event(client, keys, "cutover", ok=False, reason=waiting)
-        log.warning("cutover %s: aborted back to dual-write (%s)", config.name, waiting)
-        raise PauseBoundExceeded(
-            f"cutover aborted back to dual-write after {pause_bound_s}s ({waiting}); writers resume, nothing lost"
-        )
+        try:
+            return _drain(config, client, keys, source, state.epoch, began, pause_bound_s)
+        except BaseException as exc:  # any failure, Ctrl-C included: back to dual-write
+            why = str(exc) if isinstance(exc, CutoverAborted) else f"{type(exc).__name__}: {exc}"
+            _abort_draining(client, keys, state.epoch, why)
+            log.warning("cutover %s: aborted back to dual-write (%s)", config.name, why)
+            if isinstance(exc, LeaseExpired):
+                raise PauseBoundExceeded(
+                    f"cutover aborted back to dual-write: {exc}; writers resume, nothing lost"
+                ) from exc
+            raise
     finally:
         source.close()
+
+
+def _abort_draining(client, keys, epoch: int, why: str) -> None:
+    """Best effort: back to dual-write if the phase is still this drain's; a failure here is
+    logged, not raised (the lease then ends the drain)."""
+    try:
+        if read_phase(client, keys) == PhaseState(DRAINING, epoch):  # not switched, not expired
+            abort_cutover(client, keys, reason=f"cutover: {why}")
+            log_event(client, keys, "cutover", ok=False, reason=why)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what the caller sees
+        log.error("cutover: could not abort the drain (%s); the lease will end it", exc)
+
+
+def _drain(
+    config: StreamConfig, client, keys, source, epoch: int, began: float, pause_bound_s: float
+) -> CutoverReport:
+    """Wait for every live writer's acknowledgement and zero lag, then switch; raises
+    PauseBoundExceeded when the bound passes first (the caller aborts)."""
+    deadline = began + pause_bound_s
+    waiting = "writers and mirror"
+    while time.monotonic() < deadline:
+        live = live_writers(client, keys)
+        behind = [w.writer_id for w in live if w.acked_epoch != epoch]
+        lag = mirror_lag(config, source, client) if not behind else None
+        if time.monotonic() >= deadline:  # the checks themselves took us past the bound
+            waiting = "the bound passed while checking writers and lag"
+            break
+        if not behind and lag is not None and not any(lag.values()):
+            # phase.lua records where Kafka's shadows begin (primary_from) in the switch
+            done = complete_cutover(client, keys, reason="drained")
+            pause = (time.monotonic() - began) * 1000
+            writers = _writer_pauses(client, keys, done.epoch, [w.writer_id for w in live])
+            log_event(client, keys, "cutover", ok=True, pause_ms=round(pause, 1), epoch=done.epoch)
+            log.info(
+                "cutover %s: redis-primary (epoch %d), writers paused %.1f ms",
+                config.name,
+                done.epoch,
+                pause,
+            )
+            return CutoverReport(done.epoch, pause, writers, lag)
+        waiting = f"writers not acknowledged: {behind}" if behind else f"mirror lag {lag}"
+        time.sleep(0.01)  # polling the registry and the lag within the bound
+    raise PauseBoundExceeded(
+        f"cutover aborted back to dual-write after {pause_bound_s}s ({waiting}); writers resume, nothing lost"
+    )

@@ -30,16 +30,30 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (REDIS_PRIMARY, REDIS_ONLY): "finish (no rollback after this)",
 }
 WRITER_TTL_S = 5.0  # a writer without a heartbeat for this long is not live
+DEFAULT_LEASE_S = 5.0  # how long draining lasts without its coordinator (server clock)
 
 
 class IllegalTransition(FerryError):
     """The requested phase change is not allowed from the current phase."""
 
 
+class LeaseExpired(FerryError):
+    """The draining lease ran out (by the Redis server's clock) before the switch; the
+    phase stays draining until it goes back to dual-write."""
+
+
 @dataclass(frozen=True)
 class PhaseState:
     phase: str
     epoch: int
+
+
+@dataclass(frozen=True)
+class PhaseLease:
+    phase: str
+    epoch: int
+    lease_until_ms: int | None  # set while draining, Redis server clock
+    server_ms: int  # Redis TIME when read
 
 
 @dataclass(frozen=True)
@@ -83,19 +97,37 @@ def read_phase(client: redis.Redis, keys: MigrationKeys) -> PhaseState:
 
 
 def set_phase(
-    client: redis.Redis, keys: MigrationKeys, target: str, reason: str = "", actor: str = "ferry"
+    client: redis.Redis,
+    keys: MigrationKeys,
+    target: str,
+    reason: str = "",
+    actor: str = "ferry",
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    forced: bool = False,
 ) -> PhaseState:
-    """Move to ``target`` if that is legal from the current phase; atomic compare-and-set."""
+    """Move to ``target`` if that is legal from the current phase; atomic compare-and-set.
+    Draining gets a lease of ``lease_s`` (server clock); draining -> redis-primary past the
+    lease raises :class:`LeaseExpired`. ``forced`` also logs a 'forced' event."""
+    if target == DRAINING and lease_s <= 0:
+        raise ValueError(f"lease_s must be positive, not {lease_s}")
     current = read_phase(client, keys)
     check_transition(current.phase, target)
     try:
-        epoch = _script(client, "phase.lua")(
-            keys=[keys.state, events_key(keys)], args=[current.phase, target, reason, actor]
+        epoch, _, _ = _script(client, "phase.lua")(
+            keys=[keys.state, events_key(keys)],
+            args=[current.phase, target, reason, actor, int(lease_s * 1000), int(forced)],
         )
     except redis.ResponseError as exc:
-        if "FERRY_PHASE" in str(exc):
+        text = str(exc)
+        if "FERRY_LEASE" in text:
+            raise LeaseExpired(
+                f"{text.split('FERRY_LEASE', 1)[1].strip()}: refusing {current.phase} -> "
+                f"{target}; draining goes back to dual-write (expire_draining)"
+            ) from exc
+        if "FERRY_PHASE" in text:
             raise IllegalTransition(
-                f"{str(exc).split('FERRY_PHASE', 1)[1].strip()} (changed meanwhile)"
+                f"{text.split('FERRY_PHASE', 1)[1].strip()} (changed meanwhile)"
             ) from exc
         raise
     from ferry.durability import wait_for_replicas
@@ -109,8 +141,10 @@ def start_dual_write(client, keys, reason=""):
     return set_phase(client, keys, DUAL_WRITE, reason)
 
 
-def start_draining(client, keys, reason=""):
-    return set_phase(client, keys, DRAINING, reason)
+def start_draining(
+    client: redis.Redis, keys: MigrationKeys, reason: str = "", lease_s: float = DEFAULT_LEASE_S
+) -> PhaseState:
+    return set_phase(client, keys, DRAINING, reason, lease_s=lease_s)
 
 
 def abort_cutover(client, keys, reason=""):
@@ -118,11 +152,39 @@ def abort_cutover(client, keys, reason=""):
 
 
 def complete_cutover(client, keys, reason=""):
+    """draining -> redis-primary; :class:`LeaseExpired` once the lease ran out."""
     return set_phase(client, keys, REDIS_PRIMARY, reason)
 
 
 def finish_migration(client, keys, reason=""):
     return set_phase(client, keys, REDIS_ONLY, reason)
+
+
+def server_ms(client: redis.Redis) -> int:
+    """The Redis server's clock (TIME) in ms: every lease and liveness check uses it."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def read_phase_lease(client: redis.Redis, keys: MigrationKeys) -> PhaseLease:
+    """Phase, epoch, draining lease and server time in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(keys.state, "phase", "epoch", "lease_until")
+    pipe.time()
+    (phase, epoch, lease), (seconds, micros) = pipe.execute()
+    return PhaseLease(
+        phase.decode() if phase else KAFKA_ONLY,
+        int(epoch or 0),
+        int(lease) if lease is not None else None,
+        int(seconds) * 1000 + int(micros) // 1000,
+    )
+
+
+def expire_draining(client: redis.Redis, keys: MigrationKeys, actor: str) -> PhaseState:
+    """Atomically: draining whose lease ended (server clock) -> dual-write, logged with
+    reason 'lease expired'; otherwise nothing changes. Returns the phase after the call."""
+    phase, epoch = _script(client, "expire.lua")(keys=[keys.state, events_key(keys)], args=[actor])
+    return PhaseState(phase.decode() if isinstance(phase, bytes) else str(phase), int(epoch))
 
 
 def log_event(client: redis.Redis, keys: MigrationKeys, kind: str, **fields: object) -> bytes:
@@ -137,9 +199,16 @@ def read_events(client: redis.Redis, keys: MigrationKeys) -> list[dict[str, str]
     ]
 
 
-def report_writer(client: redis.Redis, keys: MigrationKeys, info: WriterInfo) -> None:
-    """Register or heartbeat a writer (its acknowledged epoch and phase included)."""
-    client.hset(writers_key(keys), info.writer_id, json.dumps(info.__dict__))
+def report_writer(client: redis.Redis, keys: MigrationKeys, info: WriterInfo) -> int:
+    """Register or heartbeat a writer (its acknowledged epoch and phase included). The
+    stored heartbeat is the Redis server's time, not ``info.heartbeat_ms`` (a host clock);
+    returns it."""
+    body = {k: v for k, v in info.__dict__.items() if k != "heartbeat_ms"}
+    return int(
+        _script(client, "writer.lua")(
+            keys=[writers_key(keys)], args=[info.writer_id, json.dumps(body)]
+        )
+    )
 
 
 def remove_writer(client: redis.Redis, keys: MigrationKeys, writer_id: str) -> None:
@@ -151,4 +220,11 @@ def read_writers(client: redis.Redis, keys: MigrationKeys) -> list[WriterInfo]:
 
 
 def now_ms() -> int:
+    """This host's clock in ms: for record timestamps, never for liveness or leases."""
     return int(time.time() * 1000)
+
+
+def live_writers(client: redis.Redis, keys: MigrationKeys) -> list[WriterInfo]:
+    """Writers whose heartbeat (server time) is within the TTL of the server's time now."""
+    now = server_ms(client)
+    return [w for w in read_writers(client, keys) if w.live(now)]

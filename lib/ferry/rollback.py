@@ -13,9 +13,8 @@ from ferry.phases import (
     KAFKA_ONLY,
     REDIS_ONLY,
     REDIS_PRIMARY,
-    now_ms,
+    live_writers,
     read_phase,
-    read_writers,
     set_phase,
 )
 from ferry.redis_target import connect_redis
@@ -53,7 +52,7 @@ def plan_rollback(config: StreamConfig) -> RollbackPlan:
     client = connect_redis(config)
     keys = migration_keys(config)
     phase = read_phase(client, keys).phase
-    live = sum(1 for w in read_writers(client, keys) if w.live(now_ms()))
+    live = len(live_writers(client, keys))  # by the Redis server's clock
     if phase == KAFKA_ONLY:
         return RollbackPlan(phase, None, "nothing to roll back: Kafka is the only target", "", live)
     if phase == REDIS_ONLY:
@@ -90,11 +89,7 @@ def roll_back(
     state = set_phase(client, keys, plan.target, reason="rollback", actor="rollback")
     deadline = time.monotonic() + wait_s
     while True:
-        behind = [
-            w.writer_id
-            for w in read_writers(client, keys)
-            if w.live(now_ms()) and w.acked_epoch != state.epoch
-        ]
+        behind = [w.writer_id for w in live_writers(client, keys) if w.acked_epoch != state.epoch]
         if not behind or time.monotonic() > deadline:
             return state.phase, behind
         time.sleep(0.05)  # polling the writer registry, bounded by wait_s

@@ -1,0 +1,145 @@
+"""The draining lease and writer liveness, both by the Redis server's clock (TIME)."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from ferry.cutover import lease_for
+from ferry.ingest import migration_keys
+from ferry.mirror import backfill
+from ferry.phases import (
+    DRAINING,
+    DUAL_WRITE,
+    REDIS_PRIMARY,
+    LeaseExpired,
+    PhaseState,
+    WriterInfo,
+    complete_cutover,
+    expire_draining,
+    live_writers,
+    read_events,
+    read_phase,
+    read_phase_lease,
+    read_writers,
+    report_writer,
+    server_ms,
+    start_draining,
+    start_dual_write,
+)
+from ferry.seed import payment_events
+
+from .helpers import ferry_cli, wait_until
+
+
+def test_a_draining_lease_by_server_time_expires_only_after_it_ends(make_stream, redis_client):
+    stream = make_stream([], partitions=1)
+    keys = migration_keys(stream.config)
+    start_dual_write(redis_client, keys, "test")
+    before = server_ms(redis_client)
+    drained = start_draining(redis_client, keys, "test", lease_s=1.5)  # no coordinator alive
+    lease = read_phase_lease(redis_client, keys)
+    assert (lease.phase, lease.epoch) == (DRAINING, drained.epoch)
+    # the lease is the server's TIME plus 1.5 s, and the reading carries the server's time
+    assert before + 1500 <= lease.lease_until_ms <= server_ms(redis_client) + 1500
+    assert before <= lease.server_ms <= server_ms(redis_client)
+    # before the lease ends: nothing changes
+    early = expire_draining(redis_client, keys, actor="writer-a")
+    assert early == read_phase(redis_client, keys) and early.phase == DRAINING
+    assert read_phase_lease(redis_client, keys).server_ms < lease.lease_until_ms
+    # after it (the server's clock decides): back to dual-write, logged, lease gone
+    wait_until(
+        lambda: read_phase_lease(redis_client, keys).server_ms >= lease.lease_until_ms,
+        "the server's clock to pass the lease",
+        timeout_s=10,
+    )
+    expired = expire_draining(redis_client, keys, actor="writer-a")
+    assert (expired.phase, expired.epoch) == (DUAL_WRITE, drained.epoch + 1)
+    after = read_phase_lease(redis_client, keys)
+    assert (after.phase, after.epoch, after.lease_until_ms) == (DUAL_WRITE, expired.epoch, None)
+    last = read_events(redis_client, keys)[-1]
+    assert {k: last[k] for k in ("type", "from", "to", "reason", "actor", "epoch")} == {
+        "type": "phase",
+        "from": DRAINING,
+        "to": DUAL_WRITE,
+        "reason": "lease expired",
+        "actor": "writer-a",
+        "epoch": str(expired.epoch),
+    }
+    # a second writer's call changes nothing
+    assert expire_draining(redis_client, keys, actor="writer-b") == expired
+
+
+def test_complete_cutover_is_refused_once_the_lease_ran_out(make_stream, redis_client):
+    stream = make_stream([], partitions=1)
+    keys = migration_keys(stream.config)
+    start_dual_write(redis_client, keys, "test")
+    start_draining(redis_client, keys, "test", lease_s=0.3)
+    lease_until = read_phase_lease(redis_client, keys).lease_until_ms
+    wait_until(lambda: server_ms(redis_client) > lease_until, "the lease to pass", timeout_s=10)
+    with pytest.raises(LeaseExpired, match=r"lease ended at \d+ ms, Redis server time is \d+"):
+        complete_cutover(redis_client, keys, "late")
+    assert read_phase(redis_client, keys).phase == DRAINING  # refused whole
+    assert expire_draining(redis_client, keys, "test").phase == DUAL_WRITE
+    # within a lease the switch goes through, and records where Kafka's shadows begin
+    start_draining(redis_client, keys, "again", lease_s=30)
+    assert complete_cutover(redis_client, keys, "in time").phase == REDIS_PRIMARY
+    assert redis_client.hget(keys.state, "lease_until") is None
+    assert redis_client.hget(keys.state, "primary_from:0") is None  # not armed: no frontier
+
+
+def test_a_writer_with_a_skewed_host_clock_is_live_by_the_servers_clock(make_stream, redis_client):
+    stream = make_stream([], partitions=1)
+    keys = migration_keys(stream.config)
+    skewed = WriterInfo("skewed", heartbeat_ms=1_000, acked_epoch=0, phase=DUAL_WRITE)  # 1970
+    before = server_ms(redis_client)
+    stored_ms = report_writer(redis_client, keys, skewed)
+    (stored,) = read_writers(redis_client, keys)
+    assert stored.heartbeat_ms == stored_ms and before <= stored_ms <= server_ms(redis_client)
+    assert [w.writer_id for w in live_writers(redis_client, keys)] == ["skewed"]
+
+
+def test_a_killed_coordinator_leaves_draining_to_its_lease(make_stream, redis_client, tmp_path):
+    stream = make_stream(list(payment_events(50, 1)), partitions=1)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    epoch = read_phase(redis_client, keys).epoch
+    # a writer that registered and heartbeats but never acknowledges draining
+    report_writer(redis_client, keys, WriterInfo("ghost", 0, epoch, DUAL_WRITE))
+    config_file = stream.write_config(tmp_path / "s.yaml")
+    coordinator = subprocess.Popen(
+        ferry_cli("cutover", config_file, "--pause-bound", "3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
+    try:
+        wait_until(lambda: read_phase(redis_client, keys).phase == DRAINING, "draining", 60)
+        coordinator.send_signal(signal.SIGKILL)  # no abort, no clean-up
+        coordinator.wait(timeout=30)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.wait(timeout=30)
+    lease = read_phase_lease(redis_client, keys)
+    # killed in draining; its lease (6 s for a 3 s bound) outlasts its own bound
+    assert lease_for(3.0) == 6.0
+    assert lease.phase == DRAINING and 3_000 < lease.lease_until_ms - lease.server_ms <= 6_000
+    assert expire_draining(redis_client, keys, "ghost").phase == DRAINING  # still leased
+    deadline = time.monotonic() + 30
+    while expire_draining(redis_client, keys, "ghost").phase == DRAINING:  # a writer's poll
+        assert time.monotonic() < deadline, "the lease never ended"
+        report_writer(redis_client, keys, WriterInfo("ghost", 0, epoch, DUAL_WRITE))
+        time.sleep(0.05)  # polling the phase, bounded by the deadline
+    assert server_ms(redis_client) >= lease.lease_until_ms  # the server's clock decided
+    assert read_phase(redis_client, keys) == PhaseState(DUAL_WRITE, epoch + 2)
+    events = [
+        (e.get("from"), e.get("to"), e.get("reason")) for e in read_events(redis_client, keys)
+    ]
+    assert events[-2:] == [
+        (DUAL_WRITE, DRAINING, "cutover"),
+        (DRAINING, DUAL_WRITE, "lease expired"),
+    ]
