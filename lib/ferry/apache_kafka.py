@@ -64,6 +64,29 @@ class SaslSsl:
         return out
 
 
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+
+
+@dataclass(frozen=True)
+class Authorizer:
+    """KRaft's ACL authorizer (StandardAuthorizer), as a cluster that enforces ACLs runs it.
+
+    ``super_users``: principals every ACL check lets through: the broker's and controller's own
+    (User:ANONYMOUS on this node's PLAINTEXT and CONTROLLER listeners) and a trusted admin;
+    ``allow_everyone_if_no_acl``: a resource no ACL matches is open to every principal.
+    """
+
+    super_users: tuple[str, ...] = ("User:ANONYMOUS",)
+    allow_everyone_if_no_acl: bool = True
+
+    def properties(self) -> dict[str, str]:
+        return {
+            "authorizer.class.name": STANDARD_AUTHORIZER,
+            "super.users": ";".join(self.super_users),
+            "allow.everyone.if.no.acl.found": str(self.allow_everyone_if_no_acl).lower(),
+        }
+
+
 def resolve_version(version: str | None) -> str:
     """A full Kafka version from a user's choice: ``3.7``, ``4.x``, ``3.7.2``... (default 3.7.2)."""
     version = (version or os.environ.get("FERRY_KAFKA_VERSION") or DEFAULT_VERSION).strip()
@@ -194,9 +217,15 @@ def broker_command(
     ports: KafkaListeners,
     extra: dict[str, str] | None = None,
     secure: SaslSsl | None = None,
+    authorizer: Authorizer | None = None,
 ) -> list[str]:
-    """Format a fresh KRaft log dir under ``folder`` and return the broker's command line."""
-    extra = {**(extra or {}), **(secure.properties() if secure else {})}
+    """Format a fresh KRaft log dir under ``folder`` and return the broker's command line;
+    ``authorizer`` makes the broker enforce ACLs."""
+    extra = {
+        **(extra or {}),
+        **(secure.properties() if secure else {}),
+        **(authorizer.properties() if authorizer else {}),
+    }
     jars = fetch_kafka_jars(version)
     data = folder / "kafka-data"
     shutil.rmtree(data, ignore_errors=True)

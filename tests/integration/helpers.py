@@ -195,3 +195,23 @@ class OwnRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+
+def start_authorizing_kafka(folder: Path, version: str, secure, authorizer):
+    """An Apache Kafka KRaft node that enforces ACLs (``authorizer``: an
+    :class:`ferry.apache_kafka.Authorizer`), with ``secure``'s SASL_SSL listener beside the
+    plaintext one; returns (process, plaintext bootstrap)."""
+    from ferry.apache_kafka import KafkaListeners, broker_command
+    from ferry.services import APACHE_READY_TIMEOUT_S, probe_kafka
+
+    ports = KafkaListeners(plaintext=free_port(), controller=free_port(), sasl_ssl=secure.port)
+    log = folder / "kafka.log"
+    proc = _spawn(broker_command(folder, version, ports, secure=secure, authorizer=authorizer), log)
+    _wait_ready(
+        f"Kafka broker (Apache Kafka {version}, with an authorizer)",
+        proc,
+        lambda: probe_kafka("127.0.0.1", ports.plaintext),
+        log,
+        timeout=APACHE_READY_TIMEOUT_S,
+    )
+    return proc, f"127.0.0.1:{ports.plaintext}"
