@@ -254,15 +254,18 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 def cmd_phase(args: argparse.Namespace) -> int:
     from ferry.ingest import migration_keys
-    from ferry.phases import read_phase, read_writers, set_phase
+    from ferry.phases import check_manual_move, read_phase, read_writers, set_phase
     from ferry.redis_target import connect_redis
 
     config = load_config(args.stream)
     client, keys = connect_redis(config), migration_keys(config)
+    state = read_phase(client, keys)
     if args.set:
-        state = set_phase(client, keys, args.set, reason=args.reason or "ferry phase", actor="cli")
-    else:
-        state = read_phase(client, keys)
+        risk = check_manual_move(state.phase, args.set, args.force)
+        reason = args.reason or ("ferry phase --force" if risk else "ferry phase")
+        if risk:
+            print(f"ferry: warning: forced {state.phase} -> {args.set}: {risk}", file=sys.stderr)
+        state = set_phase(client, keys, args.set, reason=reason, actor="cli", forced=bool(risk))
     writers = [w.__dict__ for w in read_writers(client, keys)]
     print(json.dumps({"phase": state.phase, "epoch": state.epoch, "writers": writers}, indent=2))
     return 0
@@ -276,6 +279,16 @@ def cmd_cutover(args: argparse.Namespace) -> int:
         pause_bound_s=args.pause_bound,
         lag_threshold=args.lag_threshold,
         attempts=args.attempts,
+    )
+    print(json.dumps(report.__dict__, default=str))
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    from ferry.finish import run_finish
+
+    report = run_finish(
+        load_config(args.stream), quiet_window_s=args.quiet_window, fence_kafka=args.fence_kafka
     )
     print(json.dumps(report.__dict__, default=str))
     return 0
@@ -494,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument(
         "--reason", default="", help="why, recorded in the events stream (default: 'ferry phase')"
     )
+    ph.add_argument(
+        "--force",
+        action="store_true",
+        help="make a move that belongs to cutover, rollback or finish without their gates "
+        "(logged as a 'forced' event; only kafka-only -> dual-write and draining -> dual-write "
+        "need no --force)",
+    )
     ph.set_defaults(func=cmd_phase)
 
     co = sub.add_parser(
@@ -512,6 +532,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--lag-threshold", type=int, default=10_000, help="mirror lag allowed before draining"
     )
     co.set_defaults(func=cmd_cutover)
+
+    fi = sub.add_parser(
+        "finish", help="redis-primary -> redis-only (no way back), only when every gate holds"
+    )
+    fi.add_argument("stream", help=STREAM_HELP)
+    fi.add_argument(
+        "--quiet-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long no record may have reached Kafka directly (not a shadow)",
+    )
+    fi.add_argument(
+        "--fence-kafka",
+        action="store_true",
+        help="deny Write on the topic with a Kafka ACL after the gates, before the switch",
+    )
+    fi.set_defaults(func=cmd_finish)
 
     tg = sub.add_parser(
         "translate-group", help="turn a Kafka group's offsets into a Redis consumer group"

@@ -15,6 +15,8 @@
 -- far-future timestamp cannot pin every later ID; the record's own timestamp stays in 'ts'.
 -- A record with flag 4 is the Kafka shadow of an entry a writer put in Redis first (its key
 -- argument is that entry's ID): the frontier moves over it, nothing is appended.
+-- Records appended in redis-primary or redis-only (not shadows: a producer that still writes
+-- Kafka directly) are counted in direct_after_switch, the last at direct_last_ms (server time).
 local state, stream = KEYS[1], KEYS[2]
 local p = ARGV[1]
 local fr_s = redis.call('HGET', state, 'frontier:' .. p)
@@ -110,5 +112,13 @@ elseif shadows > 0 or moved then
 end
 if shadows > 0 then
   redis.call('HINCRBY', state, 'shadowed', shadows)
+end
+if n > 0 then  -- a record that reached Kafka directly after the switch: the finish gate's count
+  local phase = redis.call('HGET', state, 'phase')
+  if phase == 'redis-primary' or phase == 'redis-only' then
+    redis.call('HINCRBY', state, 'direct_after_switch', n)
+    redis.call('HSET', state, 'direct_last_ms',
+      string.format('%.0f', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)))
+  end
 end
 return {n, fr_s, 0}

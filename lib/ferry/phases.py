@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ferry.errors import FerryError
+from ferry.errors import FerryError, UsageError
 from ferry.ingest import MigrationKeys, _script
 
 KAFKA_ONLY = "kafka-only"
@@ -35,6 +35,31 @@ DEFAULT_LEASE_S = 5.0  # how long draining lasts without its coordinator (server
 
 class IllegalTransition(FerryError):
     """The requested phase change is not allowed from the current phase."""
+
+
+# moves `ferry phase --set` makes without --force: the start, and aborting a drain
+UNGATED = {(KAFKA_ONLY, DUAL_WRITE), (DRAINING, DUAL_WRITE)}
+GATED_PATHS = (
+    "ferry cutover (to redis-primary), ferry run STREAM --only 99 (rollback) "
+    "or ferry finish (to redis-only)"
+)
+# what a forced move skips, per (from, to)
+FORCE_RISKS: dict[tuple[str, str], str] = {
+    (DUAL_WRITE, KAFKA_ONLY): "skips the rollback plan: writers stop copying live records to "
+    "Redis; Redis consumers see only what a mirror copies",
+    (DUAL_WRITE, DRAINING): "writers hold every send until the lease ends, with no coordinator "
+    "to switch or abort",
+    (DRAINING, REDIS_PRIMARY): "skips the cutover's checks: a writer that did not acknowledge "
+    "draining, or mirror lag, can misorder records or leave them out of the stream",
+    (REDIS_PRIMARY, DUAL_WRITE): "skips the rollback plan: Redis groups are not moved back and "
+    "entries without a Kafka shadow stay only in Redis",
+    (REDIS_PRIMARY, REDIS_ONLY): "skips the finish gates, with no way back: unshadowed entries, "
+    "groups still on Kafka and producers still writing Kafka are left behind",
+}
+
+
+class UngatedPhaseChange(UsageError):
+    """``ferry phase --set`` asked for a move only a gated verb (or --force) may make."""
 
 
 class LeaseExpired(FerryError):
@@ -89,6 +114,20 @@ def check_transition(current: str, target: str) -> str:
             f"cannot go from {current} to {target}; from {current} ferry can go to {', '.join(legal)}"
         )
     return verb
+
+
+def check_manual_move(current: str, target: str, force: bool) -> str:
+    """For ``ferry phase --set``: '' for an ungated move, the risk for a forced one;
+    IllegalTransition or :class:`UngatedPhaseChange` (naming the gated verbs) otherwise."""
+    check_transition(current, target)
+    if (current, target) in UNGATED:
+        return ""
+    if not force:
+        raise UngatedPhaseChange(
+            f"phase {current} -> {target} is not a move 'ferry phase --set' makes; use "
+            f"{GATED_PATHS}, or add --force (logged)"
+        )
+    return FORCE_RISKS.get((current, target), "skips the gates of this move")
 
 
 def read_phase(client: redis.Redis, keys: MigrationKeys) -> PhaseState:

@@ -143,3 +143,52 @@ def test_a_killed_coordinator_leaves_draining_to_its_lease(make_stream, redis_cl
         (DUAL_WRITE, DRAINING, "cutover"),
         (DRAINING, DUAL_WRITE, "lease expired"),
     ]
+
+
+def run_phase_cli(config_file, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ferry_cli("phase", config_file, *args), capture_output=True, timeout=120, text=True
+    )
+
+
+def test_phase_set_moves_only_the_ungated_ways_unless_forced(make_stream, redis_client, tmp_path):
+    stream = make_stream(list(payment_events(20, 2)), partitions=2)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    config_file = stream.write_config(tmp_path / "s.yaml")
+    assert run_phase_cli(config_file, "--set", "dual-write").returncode == 0  # the start
+    refused = run_phase_cli(config_file, "--set", "draining")
+    lines = [ln for ln in refused.stderr.splitlines() if ln.startswith("ferry: error:")]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "dual-write -> draining is not a move 'ferry phase --set' makes" in lines[0]
+    for verb in ("ferry cutover", "--only 99 (rollback)", "ferry finish", "--force"):
+        assert verb in lines[0]
+    assert read_phase(redis_client, keys).phase == DUAL_WRITE
+    forced = run_phase_cli(config_file, "--set", "draining", "--force", "--reason", "drill")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stderr.splitlines() == [
+        "ferry: warning: forced dual-write -> draining: writers hold every send until the "
+        "lease ends, with no coordinator to switch or abort"
+    ]
+    assert read_phase_lease(redis_client, keys).lease_until_ms is not None
+    assert run_phase_cli(config_file, "--set", "redis-primary").returncode == 2
+    assert run_phase_cli(config_file, "--set", "dual-write").returncode == 0  # an abort
+    run_phase_cli(config_file, "--set", "draining", "--force")  # within the lease (5 s):
+    assert run_phase_cli(config_file, "--set", "redis-primary", "--force").returncode == 0
+    # a forced switch records where Kafka's shadows begin, as the cutover does
+    frontiers = {p: int(redis_client.hget(keys.state, f"frontier:{p}")) for p in (0, 1)}
+    assert {p: int(redis_client.hget(keys.state, f"primary_from:{p}")) for p in (0, 1)} == {
+        p: f + 1 for p, f in frontiers.items()
+    }
+    events = [e for e in read_events(redis_client, keys) if e["type"] in ("forced", "phase")]
+    assert [(e["type"], e["from"], e["to"], e["actor"]) for e in events] == [
+        ("phase", "kafka-only", DUAL_WRITE, "cli"),
+        ("forced", DUAL_WRITE, DRAINING, "cli"),
+        ("phase", DUAL_WRITE, DRAINING, "cli"),
+        ("phase", DRAINING, DUAL_WRITE, "cli"),
+        ("forced", DUAL_WRITE, DRAINING, "cli"),
+        ("phase", DUAL_WRITE, DRAINING, "cli"),
+        ("forced", DRAINING, REDIS_PRIMARY, "cli"),
+        ("phase", DRAINING, REDIS_PRIMARY, "cli"),
+    ]
+    assert events[1]["reason"] == "drill"
