@@ -192,3 +192,30 @@ def test_phase_set_moves_only_the_ungated_ways_unless_forced(make_stream, redis_
         ("phase", DRAINING, REDIS_PRIMARY, "cli"),
     ]
     assert events[1]["reason"] == "drill"
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("Redis answered nonsense"), KeyboardInterrupt()])
+def test_any_failure_while_draining_goes_back_to_dual_write(
+    make_stream, redis_client, monkeypatch, failure
+):
+    from ferry import cutover
+
+    stream = make_stream(list(payment_events(20, 1)), partitions=1)
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    report_writer(redis_client, keys, WriterInfo("w", 0, 1, DUAL_WRITE))
+    real = cutover.live_writers
+
+    def live_writers_failing_in_draining(client, keys):
+        if read_phase(client, keys).phase == DRAINING:
+            raise failure
+        return real(client, keys)
+
+    monkeypatch.setattr(cutover, "live_writers", live_writers_failing_in_draining)
+    with pytest.raises(type(failure)):
+        cutover.run_cutover(stream.config, pause_bound_s=5.0)
+    assert read_phase(redis_client, keys) == PhaseState(DUAL_WRITE, 3)
+    last = read_events(redis_client, keys)[-1]
+    assert (last["type"], last["ok"]) == ("cutover", "False")
+    assert last["reason"].startswith(type(failure).__name__)
