@@ -40,9 +40,18 @@ from dataclasses import dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.entries import SHADOW_HEADER, KafkaRecord, record_args
+from ferry.delivery import (
+    Delivery,
+    DeliveryFailed,
+    OnDelivery,
+    RecordTooLarge,
+    SendFuture,
+    WriterClosed,
+    WriterFenced,
+)
+from ferry.entries import KafkaRecord, record_args
 from ferry.errors import ConfigError, FerryError, KafkaError
-from ferry.ingest import Ingestor, _script, migration_keys, parse_reply, script_error
+from ferry.ingest import Ingestor, migration_keys, parse_reply
 from ferry.kafka_source import resolve_bootstrap
 from ferry.partitioner import PARTITIONERS
 from ferry.partitioner import partitioner as partitioner_function
@@ -51,12 +60,16 @@ from ferry.phases import (
     DUAL_WRITE,
     REDIS_ONLY,
     REDIS_PRIMARY,
+    PhaseState,
     WriterInfo,
+    expire_draining,
     now_ms,
     read_phase,
+    read_phase_lease,
     remove_writer,
     report_writer,
 )
+from ferry.primary_path import PrimaryPath
 from ferry.redis_target import connect_redis
 
 
@@ -78,6 +91,8 @@ class WriterCounts:
 
 
 REDIS_FIRST = (REDIS_PRIMARY, REDIS_ONLY)
+# phases a writer may not act in on an old reading: it could miss a switch or a rollback
+FENCED_PHASES = (DRAINING, REDIS_PRIMARY, REDIS_ONLY)
 
 
 class DualWriter:
@@ -87,12 +102,14 @@ class DualWriter:
         *,
         producer_settings: dict | None = None,
         writer_id: str | None = None,
-        hold_bound_s: float = 5.0,
+        hold_bound_s: float = 10.0,
         poll_interval_s: float = 0.2,
         registry=None,
         track_latency: bool = False,
         partitioner: str | None = None,
         partition_refresh_s: float = 10.0,
+        delivery_timeout_s: float = 120.0,
+        fence_after_s: float = 4.0,
     ) -> None:
         from confluent_kafka import Producer
 
@@ -108,16 +125,15 @@ class DualWriter:
         self.poll_interval_s = poll_interval_s
         self.redis = connect_redis(config)
         self.ingestor = Ingestor(self.redis, self.keys)
-        self.producer = Producer(
-            {
-                **client_settings(config.kafka, resolve_bootstrap(config.kafka)),
-                "enable.idempotence": True,
-                "linger.ms": 5,  # Tansu reads back 1-record batches very slowly
-                **(producer_settings or {}),
-                # the application's partitioner, which the Redis-first path reproduces in Python
-                "partitioner": self.partitioner,
-            }
-        )
+        self._producer_settings = {
+            **client_settings(config.kafka, resolve_bootstrap(config.kafka)),
+            "enable.idempotence": True,
+            "linger.ms": 5,  # Tansu reads back 1-record batches very slowly
+            **(producer_settings or {}),
+            # the application's partitioner, which the Redis-first path reproduces in Python
+            "partitioner": self.partitioner,
+        }
+        self.producer = Producer(self._producer_settings)
         self.counts = WriterCounts()
         # the partition count the Redis-first path hashes keys over (refresh_partitions)
         self.partitions = self._usable_partitions(
@@ -125,10 +141,13 @@ class DualWriter:
         )
         self._refresh_now = threading.Event()
         self._rng = random.Random()
-        self.failed: list[tuple[KafkaRecord, str]] = []  # records no side accepted, and why
-        self._primary_script = _script(self.redis, "primary.lua")
-        self._queued: deque = deque()  # records waiting for their Redis-first write
-        self._primary_pending = 0  # queued or waiting for their shadow's delivery
+        self.failed: list[tuple[KafkaRecord, str]] = []  # records whose send failed, and why
+        # Redis-first records (queued, being written, or waiting for their shadow's delivery)
+        self._primary = PrimaryPath(self, delivery_timeout_s)
+        self._primary_pending = 0
+        self._max_bytes = int(self.producer_setting("message.max.bytes", 1_000_000))
+        # the phase is only trusted this long after it was last read (monotonic clock)
+        self.fence_after_s = fence_after_s
         self.holds_ms: list[float] = []
         self.last_drain_ms = 0.0
         self._drain_began: float | None = None
@@ -136,6 +155,8 @@ class DualWriter:
         self.visibility_ms: list[float] | None = [] if track_latency else None
         self._lock = threading.Lock()
         self._phase_changed = threading.Condition(self._lock)
+        self._fates = threading.Condition()  # every SendFuture of this writer waits on it
+        self._phase_read_at = time.monotonic()
         state = read_phase(self.redis, self.keys)
         self.phase, self.epoch = state.phase, state.epoch
         self.acked_epoch = state.epoch
@@ -149,7 +170,7 @@ class DualWriter:
             threading.Thread(target=self._poll_deliveries, daemon=True, name="ferry-deliveries"),
             threading.Thread(target=self._write_redis, daemon=True, name="ferry-redis"),
             threading.Thread(target=self._follow_phase, daemon=True, name="ferry-phase"),
-            threading.Thread(target=self._write_primary, daemon=True, name="ferry-primary"),
+            threading.Thread(target=self._primary.run, daemon=True, name="ferry-primary"),
             threading.Thread(target=self._follow_partitions, daemon=True, name="ferry-partitions"),
         ]
         self._report()
@@ -165,10 +186,21 @@ class DualWriter:
         partition: int | None = None,
         headers: list[tuple[str, bytes | None]] | None = None,
         timestamp_ms: int | None = None,
-    ) -> None:
-        """Send one record the way the current phase says; no Redis round trip on the caller's
-        thread (redis-primary writes go through a background thread, like Kafka's own)."""
+        on_delivery: OnDelivery | None = None,
+    ) -> SendFuture:
+        """Send one record the way the current phase says, like ``Producer.produce``: no Redis
+        round trip on the caller's thread. The returned future (and ``on_delivery(err,
+        delivery)``, called once on a writer thread) tells the record's fate
+        (``ferry.delivery``). Raises at once, with nothing sent, for a record over
+        ``message.max.bytes``, a send held in ``draining`` past its bound, or a writer that lost
+        Redis in a phase that needs it (``WriterFenced``)."""
+        self._check_size(value, key, headers)
+        future = SendFuture(self._fates, on_delivery)
+        sent_headers = tuple(
+            (k, v.encode() if isinstance(v, str) else v) for k, v in (headers or ())
+        )
         with self._lock:
+            self._check_fence()
             if self.phase == DRAINING:
                 self._hold()
             if self._primary_pending and self.phase not in REDIS_FIRST:
@@ -179,40 +211,95 @@ class DualWriter:
                 if partition is None:
                     partition = self._choose_partition(key)
                 ts = timestamp_ms if timestamp_ms is not None else now_ms()
-                self._queued.append(
-                    KafkaRecord(partition, -1, ts, key, value, tuple(headers or ()))
-                )
+                future.record = KafkaRecord(partition, -1, ts, key, value, sent_headers)
+                self._primary.enqueue(future.record, future)
                 self._primary_pending += 1
                 if self._metrics:
                     self._metrics.sent.inc()
-                return
+                return future
             mirror = self.phase == DUAL_WRITE
-        self._produce(value, key, partition, headers, timestamp_ms, mirror)
+        record = KafkaRecord(
+            -1 if partition is None else partition, -1, timestamp_ms, key, value, sent_headers
+        )
+        future.record = record
+        if not self._produce_record(record, future, mirror, raise_refusal=True):
+            with self._lock:
+                self._in_flight -= 1
+                self.counts.sent -= 1
+            raise future.exception()
         if self._metrics:
             self._metrics.sent.inc()
+        return future
 
-    def _produce(self, value, key, partition, headers, timestamp_ms, mirror, on_delivery=None):
-        if headers and on_delivery is None and mirror:
-            # delivery reports carry no headers: the record for Redis keeps the ones sent
-            sent = tuple((k, v.encode() if isinstance(v, str) else v) for k, v in headers)
-            on_delivery = functools.partial(self._deliver_mirrored, headers=sent)
-        kwargs = {
-            "key": key,
-            "value": value,
-            "headers": headers,
-            "on_delivery": on_delivery
-            or (self._deliver_mirrored if mirror else self._deliver_plain),
-        }
-        if partition is not None:
-            kwargs["partition"] = partition
-        if timestamp_ms is not None:
-            kwargs["timestamp"] = timestamp_ms
+    def _check_size(self, value, key, headers) -> None:
+        size = (
+            len(value or b"")
+            + len(key or b"")
+            + sum(len(k) + len(v or b"") for k, v in headers or ())
+        )
+        if size > self._max_bytes:
+            raise RecordTooLarge(
+                f"record of {size} bytes is over the producer's message.max.bytes "
+                f"({self._max_bytes}); nothing was sent"
+            )
+
+    def _check_fence(self) -> None:
+        """Called with the lock held: in the phases that need Redis, a writer that has not read
+        the phase for ``fence_after_s`` may have missed a change; it refuses the send."""
+        if self.phase in FENCED_PHASES:
+            silent = time.monotonic() - self._phase_read_at
+            if silent > self.fence_after_s:
+                raise WriterFenced(
+                    f"writer {self.writer_id} has not reached Redis for {silent:.1f}s in phase "
+                    f"{self.phase} (its lease is {self.fence_after_s:.1f}s): it may have missed a "
+                    "phase change, so it refuses sends until Redis answers; nothing was sent"
+                )
+
+    def producer_setting(self, name: str, default):
+        return self._producer_settings.get(name, default)
+
+    def _produce_record(
+        self, record: KafkaRecord, future, mirror: bool, on_delivery=None, raise_refusal=False
+    ) -> bool:
+        """Produce ``record`` (partition -1: the partitioner's choice); its delivery report
+        resolves ``future`` (or goes to ``on_delivery``). A refusal librdkafka raises at once
+        resolves it too; returns False then."""
+        if on_delivery is None:
+            on_delivery = functools.partial(
+                self._deliver_mirrored if mirror else self._deliver_plain,
+                future=future,
+                headers=record.headers,
+            )
+        kwargs = {"key": record.key, "value": record.value, "on_delivery": on_delivery}
+        if record.headers:
+            kwargs["headers"] = list(record.headers)
+        if record.partition >= 0:
+            kwargs["partition"] = record.partition
+        if record.timestamp_ms is not None:
+            kwargs["timestamp"] = record.timestamp_ms
         while True:
             try:
                 self.producer.produce(self.config.kafka.topic, **kwargs)
-                break
+                return True
             except BufferError:
                 self.producer.poll(0.01)
+            except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException: refused at once
+                error = DeliveryFailed(f"Kafka refused the record at once: {exc}")
+                if future is not None:
+                    future.resolve(None, error)
+                    if not raise_refusal:
+                        self._record_failure(record, str(error))
+                else:
+                    on_delivery(error, None)
+                return False
+
+    def _record_failure(self, record: KafkaRecord, why: str) -> None:
+        with self._lock:
+            self.failed.append((record, why))
+            self.counts.failures += 1
+            self._in_flight -= 1
+        if self._metrics:
+            self._metrics.failures.inc()
 
     def _choose_partition(self, key: bytes | None) -> int:
         """Called with the lock held: the partition the application's partitioner picks (at
@@ -273,6 +360,7 @@ class DualWriter:
         began = time.monotonic()
         deadline = began + self.hold_bound_s
         while self.phase == DRAINING:
+            self._check_fence()  # Redis gone: the lease may have ended unseen
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WriterHoldTimeout(
@@ -307,44 +395,68 @@ class DualWriter:
             if time.monotonic() > deadline:
                 raise FerryError(
                     f"{self._in_flight} records still being written after {timeout_s}s "
-                    f"({len(self._queued)} waiting for Redis)"
+                    f"({len(self._primary.queue)} waiting for Redis)"
                 )
             time.sleep(0.005)  # waiting on the background writer, bounded by the deadline
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Deliver everything sent (within ``timeout_s``), then leave the registry. What did not
+        make it is handed back: ``WriterClosed.unsent`` lists exactly those records (their
+        futures failed, each saying whether the record may be somewhere)."""
+        failed_before = len(self.failed)
+        try:
+            self.flush(timeout_s)
+            stuck = False
+        except FerryError:
+            stuck = True
+        if stuck:  # fail what librdkafka still holds; their reports name them
+            self.producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self.producer.flush(1.0)
         self._closing.set()
         self._refresh_now.set()
         for t in self._threads:
             t.join(timeout=5)
+        if stuck:
+            self._primary.abandon("the writer closed before Redis took it")
         try:
             remove_writer(self.redis, self.keys, self.writer_id)
         except redis.RedisError as exc:  # its heartbeat stops; the cutover treats it as gone
             logging.getLogger("ferry.redis").warning(
                 "writer %s could not leave the registry: %s", self.writer_id, exc
             )
+        unsent = [record for record, _ in self.failed[failed_before:]]
+        if unsent:
+            raise WriterClosed(
+                f"writer {self.writer_id} closed with {len(unsent)} record(s) not delivered "
+                f"within {timeout_s:.0f}s; they are handed back (WriterClosed.unsent)",
+                unsent,
+            )
 
     # --- background ----------------------------------------------------------------------
     def _on_delivery(self, mirror: bool):
-        def report(err, msg, headers: tuple = ()):
+        def report(err, msg, future: SendFuture | None = None, headers: tuple = ()):
             if err is not None:
-                self.counts.failures += 1
-                if self._metrics:
-                    self._metrics.failures.inc()
-                with self._lock:
-                    self._in_flight -= 1
+                record = future.record if future is not None else None
+                error = DeliveryFailed(f"Kafka did not take the record: {err}")
+                self._record_failure(record, str(error))
+                if future is not None:
+                    future.resolve(None, error)
                 return
             self.counts.delivered += 1
             if msg.partition() >= self.partitions:  # librdkafka knows of more partitions
                 self._refresh_now.set()
+            phase = DUAL_WRITE if mirror else self.phase
+            if future is not None:
+                future.resolve(Delivery(msg.partition(), msg.offset(), None, phase))
+            if not mirror:
+                with self._lock:
+                    self._in_flight -= 1
+                return
             record = KafkaRecord(
                 msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value(), headers
             )
             with self._lock:
-                if mirror:
-                    self._delivered.append((record, time.monotonic()))
-                else:
-                    self._in_flight -= 1
+                self._delivered.append((record, time.monotonic()))
 
         return report
 
@@ -382,99 +494,6 @@ class DualWriter:
             with self._lock:
                 self._in_flight -= len(batch)
 
-    def _write_primary(self) -> None:
-        """redis-primary and redis-only: Redis first (one script call per partition of what
-        is queued), then the Kafka shadows. Order per partition is the order of send()."""
-        while not self._closing.is_set():
-            with self._lock:
-                batch = list(self._queued)
-                self._queued.clear()
-            if not batch:
-                time.sleep(0.002)  # idle: nothing queued
-                continue
-            by_partition: dict[int, list[KafkaRecord]] = {}
-            for record in batch:
-                by_partition.setdefault(record.partition, []).append(record)
-            pipe = self.redis.pipeline(transaction=False)
-            for partition, records in by_partition.items():
-                args: list = [partition]
-                for record in records:
-                    args += record_args(record)[1:]
-                self._primary_script(
-                    keys=[self.keys.state, self.keys.stream_for(partition)], args=args, client=pipe
-                )
-            try:
-                replies = pipe.execute(raise_on_error=False)
-            except redis.ConnectionError:
-                with self._lock:  # Redis is the primary now: keep them, in order, and retry
-                    self._queued.extendleft(reversed(batch))
-                self._closing.wait(0.1)
-                continue
-            for records, reply in zip(by_partition.values(), replies, strict=True):
-                self._after_primary(records, reply)
-
-    def _after_primary(self, records: list[KafkaRecord], reply) -> None:
-        n = len(records)
-        if isinstance(reply, Exception):
-            error = (
-                str(script_error(reply)) if isinstance(reply, redis.ResponseError) else str(reply)
-            )
-            with self._lock:
-                self.failed += [(r, error) for r in records]
-                self.counts.failures += n
-                self._in_flight -= n
-                self._primary_pending -= n
-                self._phase_changed.notify_all()
-            return
-        phase, ids = reply[0].decode(), reply[1:]
-        if not ids:  # the phase went back toward Kafka meanwhile: send them the new phase's way
-            with self._lock:
-                self.counts.rerouted += n
-            for r in records:
-                self._produce(
-                    r.value,
-                    r.key,
-                    r.partition,
-                    list(r.headers),
-                    r.timestamp_ms,
-                    phase in (DUAL_WRITE, DRAINING),
-                )
-            with self._lock:  # produced in order before any later send() may go to Kafka
-                self._primary_pending -= n
-                self._phase_changed.notify_all()
-            return
-        self.counts.written_redis_first += n
-        if self._metrics:
-            self._metrics.written.inc(n)
-        if phase == REDIS_ONLY:
-            with self._lock:
-                self._in_flight -= n
-                self._primary_pending -= n
-                self._phase_changed.notify_all()
-            return
-        for record, entry_id in zip(records, ids, strict=True):
-            self._produce(
-                record.value,
-                record.key,
-                record.partition,
-                [*record.headers, (SHADOW_HEADER, entry_id)],
-                record.timestamp_ms,
-                False,
-                on_delivery=functools.partial(self._deliver_shadow, record=record),
-            )
-
-    def _deliver_shadow(self, err, msg, record: KafkaRecord) -> None:
-        with self._lock:
-            if err is None:
-                self.counts.shadowed += 1
-            else:  # in Redis, but rollback could not bring it back: say so
-                self.counts.failures += 1
-                self.failed.append((record, f"shadow not delivered to Kafka: {err}"))
-            self._in_flight -= 1
-            self._primary_pending -= 1
-            if not self._primary_pending:
-                self._phase_changed.notify_all()
-
     def _count_reply(self, run: list, reply) -> int:
         """Count what Redis did with one run of consecutive offsets; returns how many of its
         records (the last ones) this writer appended."""
@@ -498,41 +517,55 @@ class DualWriter:
             self._metrics.deferred.inc(deferred)
 
     def _follow_phase(self) -> None:
-        last_report = 0.0
+        last_report = [0.0]
         while not self._closing.wait(self.poll_interval_s):
             try:
-                state = read_phase(self.redis, self.keys)
-            except Exception:  # noqa: BLE001 - keep the last known phase; heartbeats stop, cutover waits
-                continue
-            with self._lock:
-                if (state.phase, state.epoch) != (self.phase, self.epoch):
-                    if state.phase == DRAINING:
-                        self._drain_began = time.monotonic()
-                    elif self.phase == DRAINING and self._drain_began is not None:
-                        # the pause this writer's callers saw: draining as the writer saw it
-                        self.last_drain_ms = (time.monotonic() - self._drain_began) * 1000
-                    if state.phase in REDIS_FIRST and self.phase not in REDIS_FIRST:
-                        self._refresh_now.set()  # the Python partitioner takes over
-                    self.phase, self.epoch = state.phase, state.epoch
-                    self._phase_changed.notify_all()
-                drained = self._in_flight == 0 and not self._delivered
-                # after a rollback from redis-primary: only once every Redis-first record has
-                # its shadow in Kafka, so Kafka's order is Redis's order
-                shadows_done = self.phase in REDIS_FIRST or self._primary_pending == 0
-            if self._metrics:
-                self._metrics.set_phase(self.phase)
-            # acknowledge: in draining only once everything sent is in Kafka and offered to Redis
-            if (
-                self.acked_epoch != self.epoch
-                and (self.phase != DRAINING or drained)
-                and shadows_done
-            ):
-                self.acked_epoch = self.epoch
-                self._report()
-                last_report = time.monotonic()
-            elif time.monotonic() - last_report >= 1.0:
-                self._report()
-                last_report = time.monotonic()
+                self._follow_once(last_report)
+            except Exception as exc:  # noqa: BLE001 - keep the last known phase; heartbeats stop, cutover waits
+                logging.getLogger("ferry.writer").debug(
+                    "writer %s cannot read the phase: %s", self.writer_id, exc
+                )
+
+    def _read_phase(self) -> PhaseState:
+        """The phase, by the Redis server's clock: a draining whose lease ran out (its
+        coordinator died or stalled) is ended here, back to dual-write, by whichever writer
+        sees it first. Marks when the phase was last known (the writer's own lease)."""
+        asked = time.monotonic()
+        lease = read_phase_lease(self.redis, self.keys)
+        state = PhaseState(lease.phase, lease.epoch)
+        if lease.phase == DRAINING and lease.lease_until_ms is not None:
+            if lease.server_ms >= lease.lease_until_ms:
+                state = expire_draining(self.redis, self.keys, actor=self.writer_id)
+        self._phase_read_at = asked
+        return state
+
+    def _follow_once(self, last_report: list[float]) -> None:
+        state = self._read_phase()
+        with self._lock:
+            if (state.phase, state.epoch) != (self.phase, self.epoch):
+                if state.phase == DRAINING:
+                    self._drain_began = time.monotonic()
+                elif self.phase == DRAINING and self._drain_began is not None:
+                    # the pause this writer's callers saw: draining as the writer saw it
+                    self.last_drain_ms = (time.monotonic() - self._drain_began) * 1000
+                if state.phase in REDIS_FIRST and self.phase not in REDIS_FIRST:
+                    self._refresh_now.set()  # the Python partitioner takes over
+                self.phase, self.epoch = state.phase, state.epoch
+                self._phase_changed.notify_all()
+            drained = self._in_flight == 0 and not self._delivered
+            # after a rollback from redis-primary: only once every Redis-first record has
+            # its shadow in Kafka, so Kafka's order is Redis's order
+            shadows_done = self.phase in REDIS_FIRST or self._primary_pending == 0
+        if self._metrics:
+            self._metrics.set_phase(self.phase)
+        # acknowledge: in draining only once everything sent is in Kafka and offered to Redis
+        if self.acked_epoch != self.epoch and (self.phase != DRAINING or drained) and shadows_done:
+            self.acked_epoch = self.epoch
+            self._report()
+            last_report[0] = time.monotonic()
+        elif time.monotonic() - last_report[0] >= 1.0:
+            self._report()
+            last_report[0] = time.monotonic()
 
     def _report(self) -> None:
         report_writer(
