@@ -14,7 +14,7 @@ import pytest
 
 import ferry
 from ferry.config import parse_config
-from ferry.cutover import run_cutover
+from ferry.cutover import mirror_lag, run_cutover
 from ferry.delivery import (
     DeliveryFailed,
     RecordTooLarge,
@@ -25,9 +25,19 @@ from ferry.delivery import (
 from ferry.entries import SHADOW_HEADER
 from ferry.ingest import migration_keys
 from ferry.mirror import backfill
-from ferry.phases import REDIS_ONLY, REDIS_PRIMARY, finish_migration, start_dual_write
+from ferry.phases import (
+    DRAINING,
+    DUAL_WRITE,
+    REDIS_ONLY,
+    REDIS_PRIMARY,
+    finish_migration,
+    read_events,
+    read_phase,
+    start_draining,
+    start_dual_write,
+)
 
-from .helpers import read_kafka_raw, read_redis_records, wait_until
+from .helpers import Mirror, read_kafka_raw, read_redis_records, wait_until
 from .test_redis_faults import on_own_redis, seed
 
 
@@ -275,3 +285,40 @@ def test_close_hands_back_exactly_what_redis_did_not_take_and_a_cut_off_writer_r
     assert sorted(r.value for r in handed.value.unsent) == sorted(expected)  # exactly these
     assert all(isinstance(f.exception(1), RedisWriteFailed) for f in futures)
     assert 20 <= late  # sends were taken for the writer's lease (2 s at one per 50 ms)
+
+
+def test_writers_end_a_draining_whose_coordinator_died_and_nothing_is_lost(
+    make_stream, redis_client
+):
+    stream = make_stream(seed(10, 2), partitions=2)
+    config, keys = stream.config, migration_keys(stream.config)
+    to_redis_primary(config, redis_client)
+    mirror = Mirror(config)
+    writer = ferry.DualWriter(config, poll_interval_s=0.05)
+    held: list = []
+    try:
+        wait_until(lambda: writer.acked_epoch == read_phase(redis_client, keys).epoch, "ack")
+        # a coordinator that set draining and died at once: only its lease (server time) is left
+        drained = start_draining(redis_client, keys, reason="coordinator then killed", lease_s=1.5)
+        wait_until(lambda: writer.phase == DRAINING, "the writer sees draining")
+        sender = threading.Thread(
+            target=lambda: held.extend(
+                writer.send(b"held %d" % i, key=b"k%d" % i) for i in range(50)
+            )
+        )
+        sender.start()
+        sender.join(timeout=30)  # the sends wait out the lease, then go in dual-write
+        assert not sender.is_alive() and len(held) == 50
+        delivered = [f.result(30) for f in held]
+        assert {d.phase for d in delivered} == {DUAL_WRITE}
+        state = read_phase(redis_client, keys)
+        assert (state.phase, state.epoch) == (DUAL_WRITE, drained.epoch + 1)
+        writer.flush()
+        wait_until(lambda: not any(mirror_lag(config).values()), "the mirror catches up")
+    finally:
+        writer.close()
+        mirror.close()
+    expired = [e for e in read_events(redis_client, keys) if e.get("reason") == "lease expired"]
+    assert [e["actor"] for e in expired] == [writer.writer_id]
+    values = [r.value for r in entries_of(redis_client, config)]
+    assert [values.count(b"held %d" % i) for i in range(50)] == [1] * 50
