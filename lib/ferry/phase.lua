@@ -7,7 +7,8 @@
 -- * draining -> redis-primary is refused (FERRY_LEASE) once server time > lease_until (or
 --   with no lease): a coordinator that outlived its lease has no right to switch.
 -- * to redis-primary: primary_from:<p> = frontier:<p> + 1 (HSETNX): where Kafka's shadows
---   begin per partition, read in the same step as the switch.
+--   begin per partition, read in the same step as the switch; the count of records that
+--   reached Kafka directly (ingest.lua: direct_after_switch, direct_last_ms) starts again.
 -- * forced: a 'forced' event (from, to, reason, actor) before the phase event.
 -- Returns {epoch, lease_until ms or '', server ms}.
 local state, events = KEYS[1], KEYS[2]
@@ -36,6 +37,7 @@ else
   redis.call('HDEL', state, 'lease_until')
 end
 if target == 'redis-primary' then
+  redis.call('HDEL', state, 'direct_after_switch', 'direct_last_ms')
   local fields = redis.call('HGETALL', state)
   for i = 1, #fields, 2 do
     local p = string.match(fields[i], '^frontier:(%d+)$')

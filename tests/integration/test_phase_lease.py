@@ -85,8 +85,11 @@ def test_complete_cutover_is_refused_once_the_lease_ran_out(make_stream, redis_c
     assert expire_draining(redis_client, keys, "test").phase == DUAL_WRITE
     # within a lease the switch goes through, and records where Kafka's shadows begin
     start_draining(redis_client, keys, "again", lease_s=30)
+    redis_client.hset(keys.state, mapping={"direct_after_switch": 3, "direct_last_ms": 1})
     assert complete_cutover(redis_client, keys, "in time").phase == REDIS_PRIMARY
     assert redis_client.hget(keys.state, "lease_until") is None
+    # records that reached Kafka directly are counted from this switch on (ferry finish)
+    assert redis_client.hmget(keys.state, "direct_after_switch", "direct_last_ms") == [None] * 2
     assert redis_client.hget(keys.state, "primary_from:0") is None  # not armed: no frontier
 
 
