@@ -74,13 +74,15 @@ class SendFuture:
     """One record's fate. Lighter than ``concurrent.futures.Future`` (the send path is hot):
     the writer's futures share one condition, created once."""
 
-    __slots__ = ("_board", "_callback", "_done", "_error", "_result", "record")
+    __slots__ = ("_board", "_callback", "_done", "_error", "_kafka", "_result", "_waiting", "record")
 
     def __init__(self, board: threading.Condition, callback: OnDelivery | None, record=None):
         self._board = board
         self._callback = callback
         self._done = False
+        self._waiting = False  # someone waits: resolving must notify the board
         self._result: Delivery | None = None
+        self._kafka: tuple | None = None  # (partition, offset, phase): Delivery made on demand
         self._error: BaseException | None = None
         self.record = record  # what was sent (KafkaRecord), for close()'s hand-back
 
@@ -91,7 +93,8 @@ class SendFuture:
         self._wait(timeout)
         if self._error is not None:
             raise self._error
-        assert self._result is not None
+        if self._result is None:
+            self._result = Delivery(self._kafka[0], self._kafka[1], None, self._kafka[2])
         return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -102,17 +105,30 @@ class SendFuture:
         if self._done:
             return
         with self._board:
+            self._waiting = True
             if not self._board.wait_for(lambda: self._done, timeout):
                 raise TimeoutError(f"the record's fate is not known after {timeout}s")
+
+    def resolve_kafka(self, partition: int, offset: int, phase: str) -> None:
+        """Kafka's delivery report (the hot path: no Delivery is built unless asked for)."""
+        if self._callback is not None:
+            self.resolve(Delivery(partition, offset, None, phase))
+            return
+        self._kafka = (partition, offset, phase)
+        self._done = True
+        if self._waiting:
+            with self._board:
+                self._board.notify_all()
 
     def resolve(self, result: Delivery | None, error: BaseException | None = None) -> None:
         """Called once by the writer's threads."""
         if self._done:
             return
         self._result, self._error = result, error
-        with self._board:
-            self._done = True
-            self._board.notify_all()
+        self._done = True
+        if self._waiting:  # set under the board before a waiter sleeps: it is woken
+            with self._board:
+                self._board.notify_all()
         if self._callback is not None:
             try:
                 self._callback(error, result)

@@ -41,7 +41,6 @@ import redis
 
 from ferry.config import StreamConfig
 from ferry.delivery import (
-    Delivery,
     DeliveryFailed,
     OnDelivery,
     RecordTooLarge,
@@ -194,10 +193,13 @@ class DualWriter:
         (``ferry.delivery``). Raises at once, with nothing sent, for a record over
         ``message.max.bytes``, a send held in ``draining`` past its bound, or a writer that lost
         Redis in a phase that needs it (``WriterFenced``)."""
-        self._check_size(value, key, headers)
+        if len(value or b"") + len(key or b"") + 64 > self._max_bytes or headers:
+            self._check_size(value, key, headers)
         future = SendFuture(self._fates, on_delivery)
-        sent_headers = tuple(
-            (k, v.encode() if isinstance(v, str) else v) for k, v in (headers or ())
+        sent_headers = (
+            tuple((k, v.encode() if isinstance(v, str) else v) for k, v in headers)
+            if headers
+            else ()
         )
         with self._lock:
             self._check_fence()
@@ -221,7 +223,6 @@ class DualWriter:
         record = KafkaRecord(
             -1 if partition is None else partition, -1, timestamp_ms, key, value, sent_headers
         )
-        future.record = record
         if not self._produce_record(record, future, mirror, raise_refusal=True):
             with self._lock:
                 self._in_flight -= 1
@@ -436,7 +437,11 @@ class DualWriter:
     def _on_delivery(self, mirror: bool):
         def report(err, msg, future: SendFuture | None = None, headers: tuple = ()):
             if err is not None:
-                record = future.record if future is not None else None
+                record = KafkaRecord(
+                    msg.partition(), -1, msg.timestamp()[1], msg.key(), msg.value(), headers
+                )
+                if future is not None:
+                    future.record = record
                 error = DeliveryFailed(f"Kafka did not take the record: {err}")
                 self._record_failure(record, str(error))
                 if future is not None:
@@ -447,7 +452,7 @@ class DualWriter:
                 self._refresh_now.set()
             phase = DUAL_WRITE if mirror else self.phase
             if future is not None:
-                future.resolve(Delivery(msg.partition(), msg.offset(), None, phase))
+                future.resolve_kafka(msg.partition(), msg.offset(), phase)
             if not mirror:
                 with self._lock:
                     self._in_flight -= 1
