@@ -288,7 +288,10 @@ def cmd_finish(args: argparse.Namespace) -> int:
     from ferry.finish import run_finish
 
     report = run_finish(
-        load_config(args.stream), quiet_window_s=args.quiet_window, fence_kafka=args.fence_kafka
+        load_config(args.stream),
+        quiet_window_s=args.quiet_window,
+        fence_kafka=args.fence_kafka,
+        kafka_allows_everyone=args.kafka_allows_everyone,
     )
     print(json.dumps(report.__dict__, default=str))
     return 0
@@ -548,6 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fence-kafka",
         action="store_true",
         help="deny Write on the topic with a Kafka ACL after the gates, before the switch",
+    )
+    fi.add_argument(
+        "--kafka-allows-everyone",
+        action="store_true",
+        help="the broker runs with allow.everyone.if.no.acl.found=true: on a topic without ACLs "
+        "the fence also allows every other operation to User:*, so readers keep reading",
     )
     fi.set_defaults(func=cmd_finish)
 

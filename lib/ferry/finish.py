@@ -127,11 +127,17 @@ def finish_gates(config: StreamConfig, quiet_window_s: float) -> list[Gate]:
 
 
 def run_finish(
-    config: StreamConfig, *, quiet_window_s: float = 60.0, fence_kafka: bool = False
+    config: StreamConfig,
+    *,
+    quiet_window_s: float = 60.0,
+    fence_kafka: bool = False,
+    kafka_allows_everyone: bool = False,
 ) -> FinishReport:
     """redis-primary -> redis-only when every gate holds, else :class:`FinishRefused`
     (logged as a gate event). ``fence_kafka`` denies writes on the topic (Kafka ACLs) after
-    the gates and before the phase change, and records it."""
+    the gates and before the phase change, and records it; ``kafka_allows_everyone`` says the
+    broker runs with ``allow.everyone.if.no.acl.found=true``, so a topic without ACLs keeps
+    its readers (``ferry.kafka_fence``)."""
     client = connect_redis(config)
     keys = migration_keys(config)
     gates = finish_gates(config, quiet_window_s)
@@ -145,7 +151,7 @@ def run_finish(
         from ferry.kafka_fence import fence_topic_writes
 
         try:
-            fence = asdict(fence_topic_writes(config))
+            fence = asdict(fence_topic_writes(config, allow_everyone=kafka_allows_everyone))
         except Exception as exc:
             log_event(client, keys, "fence", ok=False, error=exc)
             raise
