@@ -74,7 +74,16 @@ class SendFuture:
     """One record's fate. Lighter than ``concurrent.futures.Future`` (the send path is hot):
     the writer's futures share one condition, created once."""
 
-    __slots__ = ("_board", "_callback", "_done", "_error", "_kafka", "_result", "_waiting", "record")
+    __slots__ = (
+        "_board",
+        "_callback",
+        "_done",
+        "_error",
+        "_kafka",
+        "_result",
+        "_waiting",
+        "record",
+    )
 
     def __init__(self, board: threading.Condition, callback: OnDelivery | None, record=None):
         self._board = board
