@@ -75,6 +75,8 @@ ROLES: dict[str, Role] = {
                 "hincrby",
                 "xadd",
                 "time",  # ingest.lua and primary.lua: the copy time that bounds entry IDs
+                "xread",  # the events stream: a blocking read wakes the writer on a phase change
+                "xrevrange",  # ... from its last entry
             ),
         ),
         Role(
@@ -149,6 +151,7 @@ PROBES: dict[str, tuple[str, ...]] = {
     "mget": ("MGET", "{key}"),
     "hdel": ("HDEL", "{key}", "f"),
     "smembers": ("SMEMBERS", "{key}"),
+    "xread": ("XREAD", "COUNT", "1", "STREAMS", "{key}", "0"),
     "xreadgroup": ("XREADGROUP", "GROUP", "g", "c", "COUNT", "1", "STREAMS", "{key}", ">"),
     "xack": ("XACK", "{key}", "g", "0-1"),
     "xautoclaim": ("XAUTOCLAIM", "{key}", "g", "c", "0", "0-0", "COUNT", "1"),

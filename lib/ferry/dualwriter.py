@@ -61,6 +61,7 @@ from ferry.phases import (
     REDIS_PRIMARY,
     PhaseState,
     WriterInfo,
+    events_key,
     expire_draining,
     now_ms,
     read_phase,
@@ -522,14 +523,41 @@ class DualWriter:
             self._metrics.deferred.inc(deferred)
 
     def _follow_phase(self) -> None:
+        """Read the phase, acknowledge it, then sleep until the events stream has something new
+        (every phase change appends to it: a blocking XREAD wakes at once) or for
+        ``poll_interval_s``. While draining, acknowledge as soon as this writer has drained."""
         last_report = [0.0]
-        while not self._closing.wait(self.poll_interval_s):
+        seen = None
+        while not self._closing.is_set():
             try:
+                if seen is None:
+                    last = self.redis.xrevrange(events_key(self.keys), count=1)
+                    seen = last[0][0] if last else b"0-0"
                 self._follow_once(last_report)
+                if self.phase == DRAINING and self.acked_epoch != self.epoch:
+                    self._wait_until_drained(self.poll_interval_s)
+                    continue
+                seen = self._wait_for_event(seen)
             except Exception as exc:  # noqa: BLE001 - keep the last known phase; heartbeats stop, cutover waits
                 logging.getLogger("ferry.writer").debug(
                     "writer %s cannot read the phase: %s", self.writer_id, exc
                 )
+                self._closing.wait(self.poll_interval_s)
+
+    def _wait_for_event(self, seen: bytes) -> bytes:
+        reply = self.redis.xread(
+            {events_key(self.keys): seen}, count=100, block=max(1, int(self.poll_interval_s * 1000))
+        )
+        return reply[0][1][-1][0] if reply else seen
+
+    def _wait_until_drained(self, timeout_s: float) -> None:
+        """Everything this writer sent is delivered and offered to Redis (no Redis call)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._closing.is_set():
+            with self._lock:
+                if self._in_flight == 0 and not self._delivered:
+                    return
+            time.sleep(0.001)  # the delivery and Redis threads move records on
 
     def _read_phase(self) -> PhaseState:
         """The phase, by the Redis server's clock: a draining whose lease ran out (its
