@@ -142,6 +142,7 @@ def cutover_under_load(config, rate: int, warmup_s: float = 2.0) -> dict:
     holds = writer.holds_ms
     return {
         "pause_ms": report.pause_ms,
+        "stages_ms": report.stages_ms,
         "sent": sent[0],
         "holds": len(holds),
         "hold_p50_ms": pct(holds, 0.5),
@@ -185,7 +186,8 @@ def main() -> None:
             visibility += result.pop("visibility")
             cutovers.append(result)
             print(
-                f"cutover {run + 1}: pause {result['pause_ms']:.0f} ms, holds p99 {result['hold_p99_ms']:.0f} ms"
+                f"cutover {run + 1}: pause {result['pause_ms']:.0f} ms, holds p99 {result['hold_p99_ms']:.0f} ms; "
+                f"stages {result['stages_ms']}"
             )
     out["send_us_dualwriter"] = statistics.median(dual)
     out["send_us_bare"] = statistics.median(bare)

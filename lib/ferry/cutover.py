@@ -44,6 +44,9 @@ class CutoverReport:
     writers: dict[str, float] = field(default_factory=dict)  # draining as each writer saw it (ms)
     lag_at_switch: dict[int, int] = field(default_factory=dict)
     attempts: int = 1  # the drains tried; each one before the last went back to dual-write
+    # where the pause went, ms from its start: draining set, writers acknowledged, mirror caught
+    # up, switched (the last drain)
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
 
 def mirror_lag(config: StreamConfig, source=None, client=None) -> dict[int, int]:
@@ -155,8 +158,10 @@ def _cutover_once(config: StreamConfig, pause_bound_s: float, lag_threshold: int
             pause_bound_s,
             lease_s,
         )
+        set_ms = (time.monotonic() - began) * 1000
         try:
-            return _drain(config, client, keys, source, state.epoch, began, pause_bound_s)
+            report = _drain(config, client, keys, source, state.epoch, began, pause_bound_s)
+            return replace(report, stages_ms={"draining_set": round(set_ms, 1), **report.stages_ms})
         except BaseException as exc:  # any failure, Ctrl-C included: back to dual-write
             why = str(exc) if isinstance(exc, CutoverAborted) else f"{type(exc).__name__}: {exc}"
             _abort_draining(client, keys, state.epoch, why)
@@ -188,17 +193,22 @@ def _drain(
     PauseBoundExceeded when the bound passes first (the caller aborts)."""
     deadline = began + pause_bound_s
     waiting = "writers and mirror"
+    stages: dict[str, float] = {}
     while time.monotonic() < deadline:
         live = live_writers(client, keys)
         behind = [w.writer_id for w in live if w.acked_epoch != epoch]
+        if not behind:
+            stages.setdefault("writers_acked", round((time.monotonic() - began) * 1000, 1))
         lag = mirror_lag(config, source, client) if not behind else None
         if time.monotonic() >= deadline:  # the checks themselves took us past the bound
             waiting = "the bound passed while checking writers and lag"
             break
         if not behind and lag is not None and not any(lag.values()):
+            stages["mirror_caught_up"] = round((time.monotonic() - began) * 1000, 1)
             # phase.lua records where Kafka's shadows begin (primary_from) in the switch
             done = complete_cutover(client, keys, reason="drained")
             pause = (time.monotonic() - began) * 1000
+            stages["switched"] = round(pause, 1)
             writers = _writer_pauses(client, keys, done.epoch, [w.writer_id for w in live])
             log_event(client, keys, "cutover", ok=True, pause_ms=round(pause, 1), epoch=done.epoch)
             log.info(
@@ -207,7 +217,7 @@ def _drain(
                 done.epoch,
                 pause,
             )
-            return CutoverReport(done.epoch, pause, writers, lag)
+            return CutoverReport(done.epoch, pause, writers, lag, stages_ms=stages)
         waiting = f"writers not acknowledged: {behind}" if behind else f"mirror lag {lag}"
         time.sleep(0.01)  # polling the registry and the lag within the bound
     raise PauseBoundExceeded(

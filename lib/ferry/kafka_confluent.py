@@ -180,12 +180,9 @@ class ConfluentSource:
         partitions = tuple(sorted(topic.partitions))
         if self.traits.exact_end_offsets:
             return partitions, *self._list_offsets(partitions)
-        low, listed = {}, {}
-        for p in partitions:
-            lo, hi = self.consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=CONNECT_TIMEOUT_S, cached=False
-            )
-            low[p], listed[p] = lo, hi
+        # one ListOffsets request per end for all partitions (not two per partition); the
+        # listed end is only where the probe starts
+        low, listed = self._list_offsets(partitions)
         return partitions, low, self._fetch_high_watermarks(low, listed)
 
     def _list_offsets(self, partitions) -> tuple[dict[int, int], dict[int, int]]:
