@@ -157,6 +157,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=("send", "cutover"), help="measure one part (default: both)"
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="ferry-live-bench-"))
     os.environ["FERRY_HOME"] = str(home)
@@ -170,16 +173,15 @@ def main() -> None:
              "redis": {"url": "embedded"}},
             "<bench>",
         )  # fmt: skip
-        dual, bare, visibility = [], [], []
-        for run in range(args.runs):
+        dual, bare, visibility, cutovers = [], [], [], []
+        for run in range(args.runs if args.only != "cutover" else 0):
             config = fresh_stream(base, services.kafka_bootstrap, f"send{run}")
             arm_and_dual_write(config)
             d, b = send_path(config, services.kafka_bootstrap, args.records)
             dual.append(d)
             bare.append(b)
             print(f"run {run + 1}: send {d:.2f} µs vs bare {b:.2f} µs")
-        cutovers = []
-        for run in range(args.runs):
+        for run in range(args.runs if args.only != "send" else 0):
             config = fresh_stream(base, services.kafka_bootstrap, f"cut{run}")
             arm_and_dual_write(config)
             result = cutover_under_load(config, args.rate)
@@ -189,36 +191,39 @@ def main() -> None:
                 f"cutover {run + 1}: pause {result['pause_ms']:.0f} ms, holds p99 {result['hold_p99_ms']:.0f} ms; "
                 f"stages {result['stages_ms']}"
             )
-    out["send_us_dualwriter"] = statistics.median(dual)
-    out["send_us_bare"] = statistics.median(bare)
-    out["send_ratio"] = out["send_us_dualwriter"] / out["send_us_bare"]
-    out["visibility_ms"] = {
-        "p50": pct(visibility, 0.5),
-        "p99": pct(visibility, 0.99),
-        "n": len(visibility),
-    }
-    pauses = [c["pause_ms"] for c in cutovers]
-    holds_p99 = [c["hold_p99_ms"] for c in cutovers]
-    out["cutover"] = {
-        "pause_ms_median": statistics.median(pauses),
-        "pause_ms_max": max(pauses),
-        "hold_p99_ms_median": statistics.median(holds_p99),
-        "hold_max_ms": max(c["hold_max_ms"] for c in cutovers),
-        "runs": cutovers,
-    }
-    print(
-        f"\nsend path: DualWriter {out['send_us_dualwriter']:.2f} µs, bare {out['send_us_bare']:.2f} µs, "
-        f"ratio {out['send_ratio']:.2f}"
-    )
-    print(
-        f"delivery -> Redis visibility: p50 {out['visibility_ms']['p50']:.1f} ms, "
-        f"p99 {out['visibility_ms']['p99']:.1f} ms over {len(visibility)} records"
-    )
-    print(
-        f"cutover at {args.rate} msg/s: pause median {out['cutover']['pause_ms_median']:.0f} ms "
-        f"(max {max(pauses):.0f}); sender holds p99 {out['cutover']['hold_p99_ms_median']:.0f} ms, "
-        f"max {out['cutover']['hold_max_ms']:.0f} ms"
-    )
+    if dual:
+        out["send_us_dualwriter"] = statistics.median(dual)
+        out["send_us_bare"] = statistics.median(bare)
+        out["send_ratio"] = out["send_us_dualwriter"] / out["send_us_bare"]
+        print(
+            f"\nsend path: DualWriter {out['send_us_dualwriter']:.2f} µs, "
+            f"bare {out['send_us_bare']:.2f} µs, ratio {out['send_ratio']:.2f}"
+        )
+    if cutovers:
+        out["visibility_ms"] = {
+            "p50": pct(visibility, 0.5),
+            "p99": pct(visibility, 0.99),
+            "n": len(visibility),
+        }
+        pauses = [c["pause_ms"] for c in cutovers]
+        holds_p99 = [c["hold_p99_ms"] for c in cutovers]
+        out["cutover"] = {
+            "pause_ms_median": statistics.median(pauses),
+            "pause_ms_p99": pct(pauses, 0.99),
+            "pause_ms_max": max(pauses),
+            "hold_p99_ms_median": statistics.median(holds_p99),
+            "hold_max_ms": max(c["hold_max_ms"] for c in cutovers),
+            "runs": cutovers,
+        }
+        print(
+            f"delivery -> Redis visibility: p50 {out['visibility_ms']['p50']:.1f} ms, "
+            f"p99 {out['visibility_ms']['p99']:.1f} ms over {len(visibility)} records"
+        )
+        print(
+            f"cutover at {args.rate} msg/s: pause median {out['cutover']['pause_ms_median']:.0f} ms "
+            f"(max {max(pauses):.0f}); sender holds p99 "
+            f"{out['cutover']['hold_p99_ms_median']:.0f} ms, max {out['cutover']['hold_max_ms']:.0f} ms"
+        )
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     path = results / f"live-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -79,7 +79,9 @@ class SendFuture:
         "_callback",
         "_done",
         "_error",
+        "_headers",
         "_kafka",
+        "_report",
         "_result",
         "_waiting",
         "record",
@@ -94,6 +96,13 @@ class SendFuture:
         self._kafka: tuple | None = None  # (partition, offset, phase): Delivery made on demand
         self._error: BaseException | None = None
         self.record = record  # what was sent (KafkaRecord), for close()'s hand-back
+        self._report = None  # the writer's handler of this record's Kafka delivery report
+        self._headers: tuple = ()  # the headers sent (librdkafka's reports carry none)
+
+    def __call__(self, err, msg) -> None:
+        """librdkafka's per-record delivery callback: the future itself, so a send builds no
+        closure (one object per record, not two)."""
+        self._report(err, msg, self, self._headers)
 
     def done(self) -> bool:
         return self._done

@@ -119,6 +119,7 @@ class DualWriter:
         self._partition_for = partitioner_function(self.partitioner)
         self.partition_refresh_s = partition_refresh_s
         self.config = config
+        self._topic = config.kafka.topic
         self.keys = migration_keys(config)
         self.writer_id = writer_id or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.hold_bound_s = hold_bound_s
@@ -220,15 +221,29 @@ class DualWriter:
                 if self._metrics:
                     self._metrics.sent.inc()
                 return future
-            mirror = self.phase == DUAL_WRITE
-        record = KafkaRecord(
-            -1 if partition is None else partition, -1, timestamp_ms, key, value, sent_headers
-        )
-        if not self._produce_record(record, future, mirror, raise_refusal=True):
-            with self._lock:
-                self._in_flight -= 1
-                self.counts.sent -= 1
-            raise future.exception()
+            future._report = (
+                self._deliver_mirrored if self.phase == DUAL_WRITE else self._deliver_plain
+            )
+        future._headers = sent_headers
+        while True:  # the hot path: no record object, no closure, no keyword dict
+            try:
+                self.producer.produce(
+                    self._topic,
+                    value,
+                    key,
+                    partition=-1 if partition is None else partition,
+                    timestamp=timestamp_ms or 0,
+                    headers=headers,
+                    on_delivery=future,
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.01)
+            except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException: refused at once
+                with self._lock:
+                    self._in_flight -= 1
+                    self.counts.sent -= 1
+                raise DeliveryFailed(f"Kafka refused the record at once: {exc}") from exc
         if self._metrics:
             self._metrics.sent.inc()
         return future
