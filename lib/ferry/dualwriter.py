@@ -157,7 +157,9 @@ class DualWriter:
         self._lock = threading.Lock()
         self._phase_changed = threading.Condition(self._lock)
         self._fates = threading.Condition()  # every SendFuture of this writer waits on it
-        self._phase_read_at = time.monotonic()
+        # the writer's own lease runs from the phase read behind its last heartbeat, so it
+        # fences itself before the coordinator stops counting it (heartbeat + WRITER_TTL_S)
+        self._phase_read_at = self._last_read_asked = time.monotonic()
         state = read_phase(self.redis, self.keys)
         self.phase, self.epoch = state.phase, state.epoch
         self.acked_epoch = state.epoch
@@ -437,6 +439,8 @@ class DualWriter:
             self._primary.abandon("the writer closed before Redis took it")
         try:
             remove_writer(self.redis, self.keys, self.writer_id)
+            if self._primary.used and not stuck:
+                self.redis.hdel(self.keys.state, *self._primary.sequence_fields())
         except redis.RedisError as exc:  # its heartbeat stops; the cutover treats it as gone
             logging.getLogger("ferry.redis").warning(
                 "writer %s could not leave the registry: %s", self.writer_id, exc
@@ -584,7 +588,7 @@ class DualWriter:
         if lease.phase == DRAINING and lease.lease_until_ms is not None:
             if lease.server_ms >= lease.lease_until_ms:
                 state = expire_draining(self.redis, self.keys, actor=self.writer_id)
-        self._phase_read_at = asked
+        self._last_read_asked = asked
         return state
 
     def _follow_once(self, last_report: list[float]) -> None:
@@ -616,6 +620,7 @@ class DualWriter:
             last_report[0] = time.monotonic()
 
     def _report(self) -> None:
+        read_at = self._last_read_asked
         report_writer(
             self.redis,
             self.keys,
@@ -629,6 +634,7 @@ class DualWriter:
                 self.last_drain_ms,
             ),
         )
+        self._phase_read_at = read_at
 
 
 def _partitioner_name(config: StreamConfig, given: str | None, producer_settings) -> str:

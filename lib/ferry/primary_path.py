@@ -31,6 +31,7 @@ from ferry.redis_faults import transient_cause
 
 log = logging.getLogger("ferry.writer")
 BACKOFF = tenacity.wait_exponential(multiplier=0.05, max=2.0)  # 50 ms, 100 ms, ... 2 s
+ROUND_RECORDS = 2000  # taken from the queue per round: bounds a batch and its stored IDs
 
 
 @dataclass
@@ -66,6 +67,7 @@ class PrimaryPath:
         self.queue: deque[tuple[KafkaRecord, SendFuture, float]] = deque()
         self.batches: list[Batch] = []  # taken from the queue, not yet answered by Redis
         self.seq = 0  # one counter for all partitions: increasing per partition too
+        self.used: set[int] = set()  # partitions with a sequence in the state hash
 
     def enqueue(self, record: KafkaRecord, future: SendFuture) -> None:
         """Called with the writer's lock held."""
@@ -106,8 +108,8 @@ class PrimaryPath:
 
     def _take(self) -> list[Batch]:
         with self.w._lock:
-            items = list(self.queue)
-            self.queue.clear()
+            take = min(len(self.queue), ROUND_RECORDS)
+            items = [self.queue.popleft() for _ in range(take)]
         by_partition: dict[int, Batch] = {}
         for record, future, deadline in items:
             batch = by_partition.get(record.partition)
@@ -117,7 +119,14 @@ class PrimaryPath:
                     record.partition, self.seq, [], deadline
                 )
             batch.items.append((record, future))
+        self.used.update(by_partition)
         return list(by_partition.values())
+
+    def sequence_fields(self) -> list[str]:
+        """The state-hash fields that make this writer's batches idempotent; removed when it
+        closes (a batch is never sent again after that)."""
+        w = self.w.writer_id
+        return [f"{kind}:{w}:{p}" for p in sorted(self.used) for kind in ("wseq", "wids")]
 
     def _write_once(self) -> None:
         w = self.w

@@ -237,6 +237,8 @@ def test_a_lost_reply_after_the_redis_first_write_is_not_a_double(make_stream, o
     assert int(client.hget(migration_keys(direct).state, "primary_written")) == 21
     by_id = {eid.decode(): r.value for eid, r in read_redis_records(client, direct.redis.stream)}
     assert [by_id[d.entry_id] for d in delivered] == [b"once %d" % i for i in range(20)]
+    fields = client.hkeys(migration_keys(direct).state)
+    assert not [f for f in fields if writer.writer_id.encode() in f]  # closed: sequences gone
 
 
 def test_a_refusal_fails_only_its_records_and_the_writer_goes_on(make_stream, redis_client):
