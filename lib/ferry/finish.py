@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.errors import GateFailed, KafkaError
+from ferry.errors import GateFailed
 from ferry.ingest import MigrationKeys, migration_keys
 from ferry.phases import REDIS_PRIMARY, finish_migration, log_event, read_phase, server_ms
 from ferry.redis_target import connect_redis
@@ -35,35 +35,15 @@ class FinishReport:
 
 def read_kafka_groups(config: StreamConfig) -> dict[str, dict[int, int]]:
     """Every Kafka consumer group with committed offsets on the topic: group -> offsets."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
-
-    from ferry.kafka_confluent import client_settings
-    from ferry.kafka_source import open_source, resolve_bootstrap
+    from ferry.kafka_groups import read_committed_groups
+    from ferry.kafka_source import open_source
 
     source = open_source(config)
     try:
         partitions = source.describe_topic().partitions
     finally:
         source.close()
-    topic = config.kafka.topic
-    admin = AdminClient(client_settings(config.kafka, resolve_bootstrap(config.kafka)))
-    try:
-        listed = admin.list_consumer_groups(request_timeout=10).result(timeout=15)
-        groups = {}
-        for group in sorted(g.group_id for g in listed.valid):
-            request = ConsumerGroupTopicPartitions(
-                group, [TopicPartition(topic, p) for p in partitions]
-            )
-            answer = admin.list_consumer_group_offsets([request])[group].result(timeout=15)
-            committed = {
-                tp.partition: tp.offset for tp in answer.topic_partitions if tp.offset >= 0
-            }
-            if committed:
-                groups[group] = committed
-    except Exception as exc:  # noqa: BLE001 - any admin failure: the gate cannot be decided
-        raise KafkaError(f"cannot list the consumer groups of topic {topic!r}: {exc}") from exc
-    return groups
+    return read_committed_groups(config, partitions)
 
 
 def check_handed_over(

@@ -649,19 +649,15 @@ def group_is_empty(config: StreamConfig, group: str) -> bool:
 
 def topic_groups(config: StreamConfig) -> list[str]:
     """The Kafka consumer groups with committed offsets on the topic."""
+    from ferry.kafka_groups import read_committed_groups
     from ferry.kafka_source import open_source
-    from ferry.preflight import consumer_groups
 
     source = open_source(config)
     try:
         info = source.describe_topic()
     finally:
         source.close()
-    rows = consumer_groups(config, info)
-    failed = [r for r in rows if "detail" in r]
-    if failed:
-        raise KafkaError(f"cannot list the topic's consumer groups: {failed[0]['detail']}")
-    return [r["group"] for r in rows]
+    return list(read_committed_groups(config, info.partitions))
 
 
 def hand_over_group(

@@ -87,32 +87,20 @@ def _kafka_checks(config: StreamConfig, result: Preflight, now_ms: int) -> Topic
 def consumer_groups(config: StreamConfig, info: TopicInfo) -> list[dict]:
     """Consumer groups with committed offsets on the topic, and their lag (best effort:
     listing groups is inventory, not a gate)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
+    from ferry.kafka_groups import read_committed_groups
 
-    from ferry.kafka_confluent import client_settings
-    from ferry.kafka_source import resolve_bootstrap
-
-    admin = AdminClient(client_settings(config.kafka, resolve_bootstrap(config.kafka)))
     try:
-        listed = admin.list_consumer_groups(request_timeout=10).result(timeout=15)
-    except Exception as exc:  # noqa: BLE001 - reported in the table
+        groups = read_committed_groups(config, info.partitions)
+    except FerryError as exc:  # reported in the table
         return [{"group": "(could not list)", "detail": str(exc)}]
-    rows = []
-    for group in sorted(g.group_id for g in listed.valid):
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(info.topic, p) for p in info.partitions]
-        )
-        try:
-            offsets = admin.list_consumer_group_offsets([request])[group].result(timeout=15)
-        except Exception as exc:  # noqa: BLE001
-            rows.append({"group": group, "detail": str(exc)})
-            continue
-        committed = {tp.partition: tp.offset for tp in offsets.topic_partitions if tp.offset >= 0}
-        if committed:
-            lag = sum(info.high[p] - off for p, off in committed.items())
-            rows.append({"group": group, "partitions": len(committed), "lag": lag})
-    return rows
+    return [
+        {
+            "group": group,
+            "partitions": len(committed),
+            "lag": sum(info.high[p] - off for p, off in committed.items()),
+        }
+        for group, committed in groups.items()
+    ]
 
 
 def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | None) -> None:
