@@ -19,6 +19,7 @@ from ferry.delivery import (
     DeliveryFailed,
     RecordTooLarge,
     RedisWriteFailed,
+    ShadowNotDelivered,
     WriterClosed,
     WriterFenced,
 )
@@ -129,9 +130,17 @@ def test_a_kafka_delivery_failure_in_dual_write_reaches_the_caller(make_stream, 
             big.result(60)
         assert isinstance(told[0], DeliveryFailed)
         assert writer.send(b"fine").result(30).offset is not None  # the writer goes on
+        # redis-primary: Redis takes it, the broker refuses its shadow; the caller is told it
+        # is in Redis (not to send it again), and the writer goes on
+        cut_over(stream.config, writer)
+        shadowless = writer.send(b"y" * 10_000)
+        with pytest.raises(ShadowNotDelivered, match="do not send it again"):
+            shadowless.result(60)
+        assert writer.send(b"fine again").result(30).entry_id is not None
     finally:
         writer.close()
-    assert [r for r, _ in writer.failed] == [big.record]
+    assert [r.value for r, _ in writer.failed] == [b"x" * 10_000, b"y" * 10_000]
+    assert b"y" * 10_000 in [r.value for r in entries_of(redis_client, stream.config)]
 
 
 def test_oom_in_redis_primary_is_waited_out_and_nothing_is_lost(make_stream, own_redis):
