@@ -156,6 +156,7 @@ class DualWriter:
         self.visibility_ms: list[float] | None = [] if track_latency else None
         self._lock = threading.Lock()
         self._phase_changed = threading.Condition(self._lock)
+        self._delivery_ready = threading.Condition(self._lock)  # a delivery to copy to Redis
         self._fates = threading.Condition()  # every SendFuture of this writer waits on it
         # the writer's own lease runs from the phase read behind its last heartbeat, so it
         # fences itself before the coordinator stops counting it (heartbeat + WRITER_TTL_S)
@@ -482,6 +483,7 @@ class DualWriter:
             )
             with self._lock:
                 self._delivered.append((record, time.monotonic()))
+                self._delivery_ready.notify()
 
         return report
 
@@ -492,10 +494,11 @@ class DualWriter:
     def _write_redis(self) -> None:
         while not self._closing.is_set():
             with self._lock:
+                if not self._delivered:  # woken by the next delivery report, not by a timer
+                    self._delivery_ready.wait(0.05)
                 batch = list(self._delivered)
                 self._delivered.clear()
             if not batch:
-                time.sleep(0.002)  # idle: nothing delivered yet
                 continue
             runs = consecutive_runs(batch)
             calls = []
