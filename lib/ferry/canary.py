@@ -18,9 +18,8 @@ from ferry.phases import (
     DUAL_WRITE,
     KAFKA_ONLY,
     PhaseState,
-    now_ms,
+    live_writers,
     read_phase,
-    read_writers,
     start_dual_write,
 )
 from ferry.positions import read_record_at
@@ -51,7 +50,7 @@ def enter_dual_write(config: StreamConfig, ack_timeout_s: float = 10.0) -> DualW
         )
     deadline = time.monotonic() + ack_timeout_s
     while True:
-        live = [w for w in read_writers(client, keys) if w.live(now_ms())]
+        live = live_writers(client, keys)  # by the Redis server's clock
         behind = tuple(w.writer_id for w in live if w.acked_epoch != state.epoch)
         if not behind or time.monotonic() > deadline:
             return DualWriteEntry(state, tuple(w.writer_id for w in live), behind)
