@@ -123,22 +123,44 @@ def format_report(report) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ferry.extras import require
-    from ferry.runner import format_steps, raise_on_failure, run_runbook
+    from ferry.fleet import check_run_options
+    from ferry.runbook import load_steps
+    from ferry.runner import RunInterrupted, format_steps, raise_on_failure, run_runbook
 
     require("runbook", "run")
-
-    parameters = step_parameters(parse_parameters(args.param), args.start, args.only)
-    result = run_runbook(
-        args.stream,
-        start=args.start,
-        only=args.only,
-        audit_root=Path(args.audit) if args.audit else None,
-        parameters=parameters,
+    check_run_options(
+        args.stream, args.all, args.parallel, args.streams, args.start, args.only, load_steps()
     )
+    parameters = step_parameters(parse_parameters(args.param), args.start, args.only)
+    if args.all:
+        from ferry.fleet_run import run_all_streams
+
+        return run_all_streams(
+            args.streams, args.parallel, args.start, args.only, args.audit, args.param
+        )
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # stop as on Ctrl-C: archive, exit 130
+    try:
+        result = run_runbook(
+            args.stream,
+            start=args.start,
+            only=args.only,
+            audit_root=Path(args.audit) if args.audit else None,
+            parameters=parameters,
+        )
+    except RunInterrupted as exc:
+        print(format_steps(exc.result))
+        print(f"archive: {exc.result.folder}")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_steps(result))
     print(f"archive: {result.folder}")
     raise_on_failure(result)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 _RESERVED = ("stream", "run_dir")  # what ferry run passes every step itself
@@ -466,7 +488,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run the runbook's notebooks for a stream into an audit archive")
-    r.add_argument("stream", help=STREAM_HELP)
+    r.add_argument("stream", nargs="?", help=STREAM_HELP + " (or --all)")
+    r.add_argument(
+        "--all",
+        action="store_true",
+        help="every config in runbook/streams/, each in its own `ferry run` and archive, "
+        "then one status table",
+    )
+    r.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="with --all: streams run at once (default: 2)",
+    )
+    r.add_argument(
+        "--streams",
+        metavar="DIR",
+        help="with --all: the folder of stream configs (default: runbook/streams)",
+    )
     r.add_argument("--from", dest="start", help="resume at this step (id or name)")
     r.add_argument("--only", help="run just this step (id or name)")
     r.add_argument("--audit", help="archive root (default: $FERRY_HOME/audit if set, else ./audit)")

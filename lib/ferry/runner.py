@@ -56,6 +56,15 @@ class RunResult:
         return next((s for s in self.steps if s.outcome == "failed"), None)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT (or SIGTERM, which ``ferry run`` turns into it) stopped a step; the run was
+    archived as far as it went. Exit status 130, as for any interruption."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(f"run {result.run_id} interrupted (archive: {result.folder})")
+        self.result = result
+
+
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
@@ -109,6 +118,7 @@ def run_runbook(
     folder.mkdir(parents=True, exist_ok=True)
     result = RunResult(config.name, run_id, folder)
     started = datetime.now(UTC)
+    interrupted = False
     for done, step in enumerate(plan):
         if result.failed is not None:
             result.steps += [StepOutcome(s.id, s.name, "not-run") for s in plan[done:]]
@@ -144,6 +154,10 @@ def run_runbook(
         except (CellTimeoutError, DeadKernelError) as exc:
             outcome.outcome = "failed"
             outcome.message = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        except KeyboardInterrupt:  # archive what ran, then stop (RunInterrupted, below)
+            interrupted = True
+            outcome.outcome = "failed"
+            outcome.message = "interrupted: ferry run received SIGINT or SIGTERM"
         outcome.seconds = round(time.monotonic() - began, 2)
         if output.exists():
             failure = f"step {step.label} failed: {outcome.message}" if outcome.message else None
@@ -157,6 +171,8 @@ def run_runbook(
         folder, _metadata(result, stream, start, only, started, config, parameters)
     )
     _anchor(config, result.run_id, folder, manifest["head"], echo)
+    if interrupted:
+        raise RunInterrupted(result)
     return result
 
 
