@@ -115,7 +115,7 @@ def plan_fleet(files: list[StreamFile], parallel: int = DEFAULT_PARALLEL) -> Fle
     return FleetPlan(tuple(runs), tuple(refused), min(parallel, max(1, len(runs))))
 
 
-def child_command(
+def build_child_command(
     path: Path,
     start: str | None = None,
     only: str | None = None,
@@ -132,7 +132,7 @@ def child_command(
     return argv
 
 
-def archive_from(stdout: str) -> str:
+def find_archive(stdout: str) -> str:
     """The archive folder a ``ferry run`` printed (``archive: PATH``), or ""."""
     lines = [ln for ln in stdout.splitlines() if ln.startswith("archive: ")]
     return lines[-1][len("archive: ") :].strip() if lines else ""
@@ -149,7 +149,7 @@ def read_outcome(
 ) -> StreamOutcome:
     """One table row from what a child left: its status, output and archive's manifest.
     ``stopped``: ferry run --all asked it to stop (Ctrl-C, SIGTERM)."""
-    archive = archive_from(stdout)
+    archive = find_archive(stdout)
     seconds = round(seconds, 1)
     if returncode == 0:
         return StreamOutcome(stream, "passed", 0, seconds, archive=archive)
@@ -174,17 +174,17 @@ def read_outcome(
     return StreamOutcome(stream, "failed", status, seconds, step, cause, archive)
 
 
-def refused_outcome(f: StreamFile) -> StreamOutcome:
+def describe_refused(f: StreamFile) -> StreamOutcome:
     return StreamOutcome(
         f.name or f.path.stem, "failed", ExitCode.CONFIG, step="config", cause=f.error or ""
     )
 
 
-def not_run_outcome(f: StreamFile) -> StreamOutcome:
+def describe_not_run(f: StreamFile) -> StreamOutcome:
     return StreamOutcome(f.name or f.path.stem, "not-run", ExitCode.INTERRUPTED)
 
 
-def fleet_status(outcomes: list[StreamOutcome]) -> int:
+def choose_exit_status(outcomes: list[StreamOutcome]) -> int:
     """0 when every stream passed; 130 when the run was interrupted (a stream interrupted or
     not run); else the highest status of the streams that did not pass: 6 (integrity) over
     5 (a gate failed) over 4 (unreachable) over 3 (a config) over 1 (anything else)."""

@@ -22,16 +22,16 @@ from ferry.fleet import (
     FleetPlan,
     StreamFile,
     StreamOutcome,
-    archive_from,
-    child_command,
+    build_child_command,
+    choose_exit_status,
+    describe_not_run,
+    describe_refused,
     discover_streams,
-    fleet_status,
+    find_archive,
     format_progress,
     format_table,
-    not_run_outcome,
     plan_fleet,
     read_outcome,
-    refused_outcome,
 )
 
 STOP_WAIT_S = 60.0  # after SIGTERM, how long a child may take to archive before SIGKILL
@@ -64,7 +64,7 @@ def run_fleet(
     total = len(plan.runs) + len(plan.refused)
     finished: dict[str, StreamOutcome] = {}
     for f in plan.refused:
-        finished[str(f.path)] = outcome = refused_outcome(f)
+        finished[str(f.path)] = outcome = describe_refused(f)
         echo(format_progress(len(finished), total, outcome))
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -95,7 +95,7 @@ def run_fleet(
     finally:
         signal.signal(signal.SIGTERM, previous)
     order = [*plan.runs, *plan.refused]
-    return [finished.get(str(f.path)) or not_run_outcome(f) for f in order], interrupted
+    return [finished.get(str(f.path)) or describe_not_run(f) for f in order], interrupted
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -106,7 +106,7 @@ def _run_child(f: StreamFile, command: list[str], pool: _Pool, echo) -> StreamOu
     name = f.name or f.path.stem
     with pool.lock:
         if pool.stopping:
-            return not_run_outcome(f)
+            return describe_not_run(f)
         began = time.monotonic()
         proc = subprocess.Popen(
             command,
@@ -123,11 +123,11 @@ def _run_child(f: StreamFile, command: list[str], pool: _Pool, echo) -> StreamOu
         pool.live.pop(str(f.path), None)
         stopped = pool.stopping
     seconds = time.monotonic() - began
-    manifest = _read_manifest(archive_from(stdout))
+    manifest = _load_manifest(find_archive(stdout))
     return read_outcome(name, proc.returncode, stdout, stderr, manifest, seconds, stopped)
 
 
-def _read_manifest(archive: str) -> dict | None:
+def _load_manifest(archive: str) -> dict | None:
     if not archive:
         return None
     try:
@@ -145,7 +145,7 @@ def run_all_streams(
     params: list[str] | None,
 ) -> int:
     """``ferry run --all``: each config of the streams folder in its own ``ferry run``; a
-    progress line as each ends, then the table. Returns the exit status (``fleet_status``)."""
+    progress line as each ends, then the table. Returns the exit status (``choose_exit_status``)."""
     from ferry.config import STREAMS_DIR
 
     def say(line: str) -> None:
@@ -156,10 +156,10 @@ def run_all_streams(
     refused = f"; {len(plan.refused)} config(s) refused" if plan.refused else ""
     say(f"{len(plan.runs)} stream(s) from {folder}, {plan.parallel} at a time{refused}")
     outcomes, interrupted = run_fleet(
-        plan, lambda f: child_command(f.path, start, only, audit, params), echo=say
+        plan, lambda f: build_child_command(f.path, start, only, audit, params), echo=say
     )
     say(format_table(outcomes))
-    status = fleet_status(outcomes)
+    status = choose_exit_status(outcomes)
     if interrupted:
         print("ferry: interrupted; rerun to resume from the frontier", file=sys.stderr)
     elif status:

@@ -15,10 +15,10 @@ from ferry.exitcodes import ExitCode
 from ferry.fleet import (
     StreamFile,
     StreamOutcome,
+    build_child_command,
     check_run_options,
-    child_command,
+    choose_exit_status,
     discover_streams,
-    fleet_status,
     format_table,
     plan_fleet,
     read_outcome,
@@ -108,7 +108,7 @@ def test_the_cli_refuses_a_stream_with_all_in_one_line(capsys):
 
 
 def test_the_child_is_the_same_ferry_run_with_the_options_passed_on():
-    argv = child_command(Path("s/a.yaml"), "04", None, "/tmp/audit", ["sample_size=5"])
+    argv = build_child_command(Path("s/a.yaml"), "04", None, "/tmp/audit", ["sample_size=5"])
     assert argv == [
         sys.executable, "-m", "ferry.cli", "run", "s/a.yaml",
         "--from", "04", "--audit", "/tmp/audit", "-p", "sample_size=5",
@@ -152,19 +152,19 @@ def row(result: str, status: int = 0) -> StreamOutcome:
 
 
 def test_exit_status_is_zero_only_when_every_stream_passed():
-    assert fleet_status([row("passed"), row("passed")]) == 0
-    assert fleet_status([row("passed"), row("failed", 5)]) == 5
+    assert choose_exit_status([row("passed"), row("passed")]) == 0
+    assert choose_exit_status([row("passed"), row("failed", 5)]) == 5
 
 
 def test_exit_status_is_the_most_severe_failure():
-    assert fleet_status([row("failed", 3), row("failed", 5), row("failed", 1)]) == 5
-    assert fleet_status([row("failed", 6), row("failed", 5)]) == 6
-    assert fleet_status([row("failed", 1), row("failed", 4)]) == 4
+    assert choose_exit_status([row("failed", 3), row("failed", 5), row("failed", 1)]) == 5
+    assert choose_exit_status([row("failed", 6), row("failed", 5)]) == 6
+    assert choose_exit_status([row("failed", 1), row("failed", 4)]) == 4
 
 
 def test_exit_status_is_130_when_the_run_was_interrupted():
-    assert fleet_status([row("failed", 6), row("not-run", 130)]) == 130
-    assert fleet_status([row("passed"), row("interrupted", 130)]) == 130
+    assert choose_exit_status([row("failed", 6), row("not-run", 130)]) == 130
+    assert choose_exit_status([row("passed"), row("interrupted", 130)]) == 130
 
 
 def test_the_table_has_one_aligned_row_per_stream_with_the_cause_last():
