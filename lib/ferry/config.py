@@ -130,9 +130,10 @@ class RedisSentinel:
 
 @dataclass(frozen=True)
 class RedisCluster:
-    """The nodes of a Redis Cluster as consumers reach them (KEDA's redis-cluster-streams
-    scaler seeds from them). ferry itself connects through ``redis.url``: the stream's keys
-    share one hash tag, so they live on one slot."""
+    """The target is a Redis Cluster: its seed nodes (``redis.cluster.addresses``; with
+    ``redis.url``, that node too). ferry connects through them with a cluster client, which
+    learns the slot map and follows MOVED and ASK; KEDA's redis-cluster-streams scaler seeds
+    from the same addresses. Every key of a migration shares one hash tag, so one slot."""
 
     addresses: tuple[tuple[str, int], ...]
 
@@ -150,6 +151,23 @@ class RedisSettings:
     tls: RedisTls | None = None
     sentinel: RedisSentinel | None = None
     cluster: RedisCluster | None = None
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether the target is a Redis Cluster (``redis.cluster`` given)."""
+        return self.cluster is not None
+
+    def cluster_seeds(self) -> list[tuple[str, int]]:
+        """The nodes a cluster client starts from: ``redis.url``'s node (when it names one),
+        then ``redis.cluster.addresses``, without repeats."""
+        seeds: list[tuple[str, int]] = []
+        parts = urlsplit(self.url)
+        if parts.scheme in ("redis", "rediss") and parts.hostname:
+            seeds.append((parts.hostname, parts.port or 6379))
+        for address in self.cluster.addresses if self.cluster else ():
+            if address not in seeds:
+                seeds.append(address)
+        return seeds
 
 
 @dataclass(frozen=True)
@@ -293,7 +311,12 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
     sentinel = _sentinel(r)
     if sentinel is not None and "url" in r.data:
         raise r.error("give either url or sentinel, not both", "sentinel")
-    url = "sentinel" if sentinel is not None else r.get("url", str)
+    if sentinel is not None:
+        url = "sentinel"
+    elif r.data.get("cluster") is not None and r.data.get("url") is None:
+        url = _cluster_url(r)  # the first seed node's, so every reader of redis.url has one
+    else:
+        url = r.get("url", str)
     if url not in ("embedded", "sentinel"):
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
@@ -382,6 +405,17 @@ def url_database(url: str) -> int:
     return int(path) if path else 0
 
 
+def _cluster_url(r: _Fields) -> str:
+    """``redis.url`` of a cluster given by its seed nodes alone: the first seed's, over TLS
+    when ``redis.tls`` is given."""
+    c = _Fields(r.source, f"{r.path}.cluster", r.data["cluster"])
+    host, port = _addresses(c)[0]
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    scheme = "rediss" if r.data.get("tls") is not None else "redis"
+    r.used.add("url")
+    return f"{scheme}://{host}:{port}/0"
+
+
 def _cluster(r: _Fields, url: str) -> RedisCluster | None:
     c = r.child("cluster", required=False)
     if c is None:
@@ -390,6 +424,14 @@ def _cluster(r: _Fields, url: str) -> RedisCluster | None:
     c.finish()
     if url == "sentinel":
         raise r.error("give either sentinel or cluster, not both", "cluster")
+    if url == "embedded":
+        raise r.error(
+            "the embedded Redis is one standalone server, not a cluster; give the cluster's "
+            "nodes in redis.cluster.addresses and leave out redis.url (or name one node in it)",
+            "cluster",
+        )
+    if url.startswith("unix://"):
+        raise r.error("a Redis Cluster is reached over TCP: redis.url may not be unix://", "url")
     try:
         db = url_database(url) if url != "embedded" else 0
     except ValueError:

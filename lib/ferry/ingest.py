@@ -7,6 +7,8 @@ from importlib import resources
 
 import hiredis
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from ferry.config import StreamConfig
 from ferry.entries import KafkaRecord, record_args
@@ -53,14 +55,24 @@ def _script(client: redis.Redis, name: str):
     return client.register_script(source)
 
 
-class Ingestor:
-    """Registers the ingest script once per client and builds its calls."""
+# a cluster's answer that the slot is elsewhere or moving: MOVED (an AskError), ASK, TRYAGAIN
+# (a multi-key call while the slot's keys move), CLUSTERDOWN
+REDIRECTS = (AskError, TryAgainError, ClusterDownError)
 
-    def __init__(self, client: redis.Redis, keys: MigrationKeys):
+
+class Ingestor:
+    """Registers the ingest script once per client and builds its calls.
+
+    On a Redis Cluster (a :class:`redis.cluster.RedisCluster` client) the script is loaded on
+    every primary and :meth:`call_many` sends its packed round trip to the node that owns the
+    migration's slot."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, keys: MigrationKeys):
         self.client = client
         self.keys = keys
+        self.cluster = isinstance(client, RedisCluster)
         self.script = _script(client, "ingest.lua")
-        self.sha = client.script_load(self.script.script)
+        self.sha = client.script_load(self.script.script)  # a cluster: on every primary
 
     def batch_args(
         self, partition: int, read_from: int, records: list[KafkaRecord], read_to: int | None = None
@@ -90,13 +102,44 @@ class Ingestor:
         Packs with hiredis directly: redis-py's pipeline walks every argument in Python,
         which on the mirror's hot path cost more than Redis running the script.
         """
+        if self.cluster:
+            replies = self._call_many_cluster(batches)
+        else:
+            replies = self._round(self.client.connection_pool, batches)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):  # server lost its scripts
+                self.sha = self.client.script_load(self.script.script)
+                p, args = batches[i]
+                replies[i] = self._retry(p, args)
+        return replies
+
+    def _call_many_cluster(self, batches: list[tuple[int, list]]) -> list:
+        """The packed round trip to the primary that owns the migration's slot (every key of a
+        migration shares its hash tag). Calls answered with a redirect (the slot moved, or is
+        moving) are made again one by one, in order, through the cluster client, which
+        follows MOVED and ASK, waits out TRYAGAIN and refreshes its slot map; once a call is
+        redirected every later one in the round is too, and none of them ran."""
+        cluster = self.client
+        node = cluster.get_node_from_key(self.keys.state)
+        try:
+            replies = self._round(cluster.get_redis_connection(node).connection_pool, batches)
+        except (redis.ConnectionError, redis.TimeoutError):
+            cluster.nodes_manager.initialize()  # the node may be gone: learn the map again
+            raise
+        for i, reply in enumerate(replies):
+            if isinstance(reply, REDIRECTS):
+                replies[i] = self._retry(*batches[i])
+        return replies
+
+    def _round(self, pool: redis.ConnectionPool, batches: list[tuple[int, list]]) -> list:
+        """Every call packed with hiredis, sent on one connection of ``pool``, replies read
+        in order (a failed call's ResponseError in its place)."""
         state = self.keys.state
         stream_for = self.keys.stream_for
         pack = hiredis.pack_command
         payload = b"".join(
             pack(("EVALSHA", self.sha, 2, state, stream_for(p), *args)) for p, args in batches
         )
-        pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command([payload], check_health=False)
@@ -111,11 +154,6 @@ class Ingestor:
             raise
         finally:
             pool.release(conn)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, redis.exceptions.NoScriptError):  # server lost its scripts
-                self.sha = self.client.script_load(self.script.script)
-                p, args = batches[i]
-                replies[i] = self._retry(p, args)
         return replies
 
     def _retry(self, partition: int, args: list):

@@ -6,9 +6,12 @@ import warnings
 from dataclasses import dataclass
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from ferry.config import RedisSentinel, RedisSettings, RedisTls, StreamConfig
 from ferry.errors import RedisTargetError, RedisUnreachableError
+from ferry.redis_cluster import FerryCluster
 from ferry.redis_faults import redact_url, tls_refused
 
 CONNECT_TIMEOUT_S = 5.0
@@ -31,8 +34,11 @@ def resolve_url(settings: RedisSettings) -> str:
     return settings.url
 
 
-def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
-    """A checked connection to the target: reachable, authenticated, PING answered."""
+def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis | RedisCluster:
+    """A checked connection to the target: reachable, authenticated, PING answered.
+
+    A cluster target (``redis.cluster``) gets a :class:`redis.cluster.RedisCluster`, which
+    follows MOVED and ASK; any other a plain :class:`redis.Redis`."""
     settings = config.redis if isinstance(config, StreamConfig) else config
     options = {
         "username": settings.username.resolve() if settings.username else None,
@@ -42,6 +48,8 @@ def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
         "health_check_interval": 0,
         **tls_options(settings.tls),
     }
+    if settings.cluster is not None:
+        return _cluster_client(settings, options)
     if settings.sentinel is not None:
         client, url = _through_sentinel(settings.sentinel, options)
     else:
@@ -72,6 +80,49 @@ def connect_redis(config: StreamConfig | RedisSettings) -> redis.Redis:
     return client
 
 
+def _cluster_client(settings: RedisSettings, options: dict) -> RedisCluster:
+    """A cluster client seeded from ``redis.url`` and ``redis.cluster.addresses``, with the
+    same credentials and TLS as a standalone connection; it learns the slot map now."""
+    seeds = settings.cluster_seeds()
+    where = "Redis Cluster seeded from " + ", ".join(f"{h}:{p}" for h, p in seeds)
+    if settings.url.startswith("rediss://") or settings.tls is not None:
+        options = {**options, "ssl": True}
+    try:
+        client = FerryCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds], **options)
+        client.home_key = settings.stream  # keyless commands: the node holding the migration
+        client.ping()
+    except RedisClusterException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, redis.AuthenticationError) or "NOAUTH" in str(exc):
+            raise RedisTargetError(
+                f"{where} refused the credentials (redis.username / redis.password): {cause}"
+            ) from cause
+        if "not enabled" in str(exc):
+            raise RedisTargetError(
+                f"{where}: a node is not in cluster mode (or may not run CLUSTER SLOTS): list "
+                "a cluster's nodes in redis.cluster.addresses, or remove redis.cluster for a "
+                "standalone server"
+            ) from exc
+        if cause is not None and tls_refused(cause):
+            raise RedisTargetError(
+                f"the TLS handshake with the {where} failed (check redis.tls.ca_file, the "
+                f"client certificate, and that the servers' certificates name these hosts): "
+                f"{cause}"
+            ) from cause
+        raise RedisUnreachableError(
+            f"cannot reach any node of the {where} within {CONNECT_TIMEOUT_S:.0f}s: {cause or exc}"
+        ) from (cause if isinstance(cause, redis.RedisError) else redis.ConnectionError(str(exc)))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnreachableError(f"cannot reach the {where}: {exc}") from exc
+    return client
+
+
+def is_cluster_client(client: object) -> bool:
+    """Whether ``client`` is a Redis Cluster client (what :func:`connect_redis` returns for
+    a cluster target)."""
+    return isinstance(client, RedisCluster)
+
+
 def _through_sentinel(sentinel: RedisSentinel, options: dict) -> tuple[redis.Redis, str]:
     """A client of the service's current primary, asked of the Sentinels on every connect."""
     from redis.sentinel import Sentinel
@@ -100,7 +151,7 @@ def tls_options(tls: RedisTls | None) -> dict:
     }
 
 
-def server_info(client: redis.Redis) -> ServerInfo:
+def server_info(client: redis.Redis | RedisCluster) -> ServerInfo:
     info = client.info("server")
     kind = "valkey" if "valkey_version" in info or info.get("server_name") == "valkey" else "redis"
     version = str(info.get("valkey_version") or info.get("redis_version"))
@@ -119,9 +170,23 @@ def supports_stream_ids(info: ServerInfo) -> bool:
     return tuple(int(x) for x in info.version.split(".")[:2]) >= MIN_VERSION
 
 
-def check_target(client: redis.Redis) -> ServerInfo:
-    """Refuse a target that could lose entries or cannot take ``<ms>-*`` IDs."""
+def check_target(client: redis.Redis | RedisCluster) -> ServerInfo:
+    """Refuse a target that could lose entries or cannot take ``<ms>-*`` IDs, and a cluster
+    node reached with a standalone client (it would answer MOVED for another node's slots).
+    On a cluster every primary is checked (a slot may move to any of them)."""
+    if is_cluster_client(client):
+        nodes = client.get_primaries()
+        return [_check_server(client.get_redis_connection(n), True) for n in nodes][0]
+    return _check_server(client, False)
+
+
+def _check_server(client: redis.Redis, in_cluster: bool) -> ServerInfo:
     info = server_info(client)
+    if info.cluster and not in_cluster:
+        raise RedisTargetError(
+            "the Redis server is a cluster node (cluster_enabled:1): list the cluster's nodes "
+            "in redis.cluster.addresses so ferry follows the slot map"
+        )
     if not supports_stream_ids(info):
         raise RedisTargetError(
             f"Redis {info.version} is too old: ferry needs 7.0 or newer for '<ms>-*' entry IDs"

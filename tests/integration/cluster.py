@@ -1,0 +1,107 @@
+"""A local 3-primary Redis Cluster for the integration tests, and what they do to it: find a
+name whose slot lives on a given node, move a slot to another node while ferry runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from ferry.errors import ServiceError
+from ferry.services import LocalCluster, Services, start_redis_cluster
+
+SLOT_MOVE_TIMEOUT_S = 30.0
+
+
+def start_cluster_like(services: Services, folder: Path) -> LocalCluster:
+    """A 3-primary cluster of the stack's Redis kind (the same binary the stack runs)."""
+    return start_redis_cluster(folder, server=(services.redis_kind, services.redis_binary))
+
+
+def cluster_client(local: LocalCluster, seed: int | None = None) -> RedisCluster:
+    """A cluster client seeded from every node, or from node ``seed`` alone."""
+    ports = local.ports if seed is None else (local.ports[seed],)
+    return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports])
+
+
+def node_client(port: int) -> redis.Redis:
+    """A plain client of one node (it answers MOVED for the others' slots)."""
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
+
+
+def slot_of(key: str) -> int:
+    from redis.crc import key_slot
+
+    return key_slot(key.encode())
+
+
+def owner_port(local: LocalCluster, slot: int) -> int:
+    """The port of the node that owns ``slot``, as the first node's CLUSTER SLOTS says."""
+    with node_client(local.ports[0]) as client:
+        for first, last, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+            if first <= slot <= last:
+                return int(primary[1])
+    raise AssertionError(f"slot {slot} has no owner")
+
+
+def name_on_node(local: LocalCluster, port: int, prefix: str) -> str:
+    """A migration name ``prefix-N`` whose hash tag ``{name}`` lives on the node at ``port``."""
+    for n in range(10_000):
+        name = f"{prefix}-{n}"
+        if owner_port(local, slot_of("{" + name + "}")) == port:
+            return name
+    raise AssertionError(f"no name {prefix}-N hashes to the node at port {port}")
+
+
+def _node_id(client: redis.Redis) -> str:
+    node_id = client.execute_command("CLUSTER MYID")
+    return node_id.decode() if isinstance(node_id, bytes) else str(node_id)
+
+
+def move_slot(
+    local: LocalCluster,
+    slot: int,
+    to_port: int,
+    keys_per_call: int = 10,
+    between: Callable[[], object] | None = None,
+) -> int:
+    """Move ``slot`` to the node at ``to_port`` as ``redis-cli --cluster reshard`` does:
+    IMPORTING on the target, MIGRATING on the source, MIGRATE the keys ``keys_per_call`` at a
+    time (redis-cli's pipeline is 10), then SETSLOT NODE everywhere; returns once every node
+    says the target owns it. ``between`` runs after the keys moved and before the slot is
+    handed over: the source answers ASK then. Returns the number of keys moved."""
+    from_port = owner_port(local, slot)
+    assert from_port != to_port, "the slot is already there"
+    source, target = node_client(from_port), node_client(to_port)
+    others = [node_client(p) for p in local.ports if p not in (from_port, to_port)]
+    try:
+        source_id, target_id = _node_id(source), _node_id(target)
+        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := source.execute_command("CLUSTER GETKEYSINSLOT", slot, keys_per_call):
+            source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 10_000, "KEYS", *keys)
+            moved += len(keys)
+        if between is not None:
+            between()
+        for client in (target, source, *others):
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        deadline = time.monotonic() + SLOT_MOVE_TIMEOUT_S
+        while not all(_owner_seen_by(c, slot) == to_port for c in (source, target, *others)):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the nodes did not agree on slot {slot}'s move in time")
+            time.sleep(0.05)  # polling the nodes' slot maps, bounded by the deadline
+        return moved
+    finally:
+        for client in (source, target, *others):
+            client.close()
+
+
+def _owner_seen_by(client: redis.Redis, slot: int) -> int | None:
+    for first, last, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+        if first <= slot <= last:
+            return int(primary[1])
+    return None

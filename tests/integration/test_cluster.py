@@ -1,0 +1,264 @@
+"""ferry on a Redis Cluster: the same test bodies as on a standalone server, run against a
+local 3-primary cluster (redis-server and Valkey), plus what only a cluster has: a migration
+whose slot lives on another node than the seed (MOVED) and a slot that moves while the mirror
+and a writer run (ASK, then MOVED).
+
+The cluster is started once per Redis kind, on the first stack of that kind (``redis_side``):
+one Kafka broker, Tansu in ``make test``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+import ferry
+from ferry.config import parse_config
+from ferry.cutover import run_cutover
+from ferry.errors import RedisTargetError
+from ferry.ingest import migration_keys
+from ferry.mirror import backfill
+from ferry.phases import start_dual_write
+from ferry.redis_target import connect_redis
+from ferry.seed import BASE_TS_MS, SeedRecord, create_topic, payment_events, produce_records
+from ferry.validate import validate_stream
+
+from . import test_mirror, test_primary, test_validate
+from .cluster import (
+    cluster_client,
+    move_slot,
+    name_on_node,
+    node_client,
+    owner_port,
+    slot_of,
+    start_cluster_like,
+)
+from .conftest import StreamFixture, _counter
+from .helpers import Mirror, by_partition, expected_records, read_redis_records, wait_for_mirror
+
+pytestmark = pytest.mark.redis_side
+
+
+@pytest.fixture(scope="session")
+def local_cluster(services, tmp_path_factory):
+    if services.kafka_kind != "tansu":
+        pytest.skip("the cluster tests run on one broker, Tansu (stack has none)")
+    folder = tmp_path_factory.mktemp(f"cluster-{services.redis_kind}")
+    local = start_cluster_like(services, folder)
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def redis_client(local_cluster):
+    """Overrides the standalone client: the test bodies read and write through the cluster."""
+    client = cluster_client(local_cluster)
+    yield client
+    client.close()
+
+
+def _cluster_doc(local_cluster, seeds: list[str] | None = None) -> dict:
+    return {"cluster": {"addresses": seeds or local_cluster.addresses}}
+
+
+@pytest.fixture
+def make_stream(services, redis_client, local_cluster, request):
+    """conftest's factory, with the stream on the cluster (``redis.cluster.addresses``)."""
+    made = []
+
+    def make(
+        records=(),
+        partitions=3,
+        client="confluent",
+        layout="merged",
+        extra=None,
+        kafka_extra=None,
+        topic_config=None,
+        name=None,
+        redis_doc=None,
+    ) -> StreamFixture:
+        if name is None:
+            name = f"c{next(_counter)}-{request.node.name[:40]}"
+            name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+        create_topic(services.kafka_bootstrap, name, partitions, topic_config)
+        if records:
+            produce_records(services.kafka_bootstrap, name, records)
+        doc = {
+            "name": name,
+            "kafka": {
+                "bootstrap_servers": services.kafka_bootstrap,
+                "topic": name,
+                "client": client,
+                **(kafka_extra or {}),
+            },
+            "redis": {**(redis_doc or _cluster_doc(local_cluster)), "layout": layout},
+            **(extra or {}),
+        }
+        config = parse_config(doc, f"<test {name}>")
+        made.append(config)
+        return StreamFixture(config, services, list(records), doc)
+
+    yield make
+    for config in made:
+        keys = list(redis_client.scan_iter(match=f"*{{{config.name}}}*", count=1000))
+        for key in keys:
+            redis_client.delete(key)
+
+
+# The standalone bodies, collected here with this module's fixtures: on the cluster.
+test_backfill_round_trip = test_mirror.test_awkward_records_round_trip
+test_backfill_again_writes_nothing = test_mirror.test_finished_backfill_writes_nothing_again
+test_per_partition_layout = test_mirror.test_per_partition_layout
+test_follow_tails_new_records = test_mirror.test_follow_tails_new_records_until_stopped
+test_validate_clean_copy = test_validate.test_clean_copy_passes
+test_validate_finds_deleted_entry = test_validate.test_deleted_entry_is_missing
+test_dual_write_lands_headers = test_primary.test_records_the_dual_writer_lands_keep_their_headers
+test_cutover_rollback_cutover = (
+    test_primary.test_redis_primary_then_rollback_then_cutover_again_keeps_every_record_once
+)
+test_redis_only = test_primary.test_redis_only_writes_no_shadow_and_the_partition_follows_the_key
+
+
+def test_a_migration_on_another_node_than_the_seed_follows_moved(make_stream, local_cluster):
+    seed = local_cluster.ports[0]
+    name = name_on_node(local_cluster, local_cluster.ports[1], f"moved{next(_counter)}")
+    records = list(payment_events(600, 2))
+    stream = make_stream(
+        records,
+        partitions=2,
+        name=name,
+        redis_doc={"url": local_cluster.url(0), "cluster": {"addresses": [f"127.0.0.1:{seed}"]}},
+    )
+    key = stream.config.redis.stream
+    with node_client(seed) as plain, pytest.raises(redis.exceptions.MovedError):
+        plain.xlen(key)  # what a plain client of the seed meets: the slot lives elsewhere
+
+    assert backfill(stream.config, progress=False).records == 600
+    client = connect_redis(stream.config)
+    try:
+        assert client.get_node_from_key(key).port == local_cluster.ports[1]
+        entries = read_redis_records(client, key)
+    finally:
+        client.close()
+    assert by_partition(r for _, r in entries) == expected_records(records)
+    report = validate_stream(stream.config)
+    assert report.ok, report.failures()
+
+    standalone = dict(stream.doc, redis={"url": local_cluster.url(0)})
+    with pytest.raises(RedisTargetError, match=r"cluster node .*redis\.cluster\.addresses"):
+        backfill(parse_config(standalone, "<standalone>"), progress=False)
+
+
+def test_an_unreachable_cluster_is_one_line(services, tmp_path):
+    from ferry.errors import RedisUnreachableError
+    from ferry.services import free_port
+
+    doc = {
+        "name": "nowhere",
+        "kafka": {"bootstrap_servers": services.kafka_bootstrap, "topic": "nowhere"},
+        "redis": {"cluster": {"addresses": [f"127.0.0.1:{free_port()}"]}},
+    }
+    with pytest.raises(RedisUnreachableError, match=r"cannot reach any node of the Redis Cl"):
+        connect_redis(parse_config(doc, "<test>"))
+
+
+def test_the_slot_moves_while_the_mirror_and_a_dual_writer_run(
+    make_stream, redis_client, local_cluster
+):
+    """The migration's slot moves to another node: while its keys sit on the new node but the
+    old one still owns the slot the writer's calls are answered ASK, after it MOVED; the
+    writer lands them itself (nothing deferred), the mirror follows, nothing lost or doubled,
+    then a cutover and Redis-first writes on the new node."""
+    stream = make_stream(list(payment_events(1500, 3)), partitions=3)
+    keys = migration_keys(stream.config)
+    slot = slot_of(keys.state)
+    source = owner_port(local_cluster, slot)
+    target = next(p for p in local_cluster.ports if p != source)
+    backfill(stream.config, progress=False)
+    start_dual_write(redis_client, keys, "test")
+    mirror = Mirror(stream.config)
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+    sent: list[int] = []  # appended from two threads
+
+    def send(n: int, what: bytes) -> None:
+        for i in range(n):
+            writer.send(what + b" %d" % i, key=b"k%d" % (i % 11))
+        sent.append(n)
+        writer.flush()
+
+    stop = threading.Event()
+
+    def keep_sending() -> None:  # while the keys move
+        while not stop.is_set():
+            send(50, b"during")
+
+    def while_asking() -> None:  # the keys are on the target, the source answers ASK
+        send(200, b"asked")
+
+    try:
+        send(300, b"before")
+        during = threading.Thread(target=keep_sending)
+        during.start()
+        try:
+            moved = move_slot(local_cluster, slot, target, between=while_asking)
+        finally:
+            stop.set()
+            during.join(timeout=60)
+        assert moved >= 3  # the stream, the state hash, the events stream at least
+        assert owner_port(local_cluster, slot) == target
+        send(300, b"after")
+        assert writer.counts.deferred_to_mirror == 0, writer.counts
+        test_primary.wait_for_no_lag(stream.config)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
+        send(200, b"primary")
+        test_primary.wait_for_no_lag(stream.config)
+    finally:
+        writer.close()
+        mirror.close()
+    assert not writer.failed
+    assert writer.counts.written_redis_first == 200
+    with node_client(target) as plain:
+        assert plain.exists(keys.state, stream.config.redis.stream) == 2  # on the new node
+    result = test_primary.check_both_sides(stream, redis_client, 3)
+    assert result.ok, result
+    assert result.kafka == result.redis == 1500 + sum(sent)
+    report = validate_stream(stream.config)
+    assert report.ok, report.failures()
+
+
+def test_records_produced_while_the_slot_moves_reach_the_mirror(make_stream, local_cluster):
+    """A following mirror alone (no writer) while the slot moves: every record once."""
+    stream = make_stream(list(payment_events(500, 2)), partitions=2)
+    keys = migration_keys(stream.config)
+    slot = slot_of(keys.state)
+    target = next(p for p in local_cluster.ports if p != owner_port(local_cluster, slot))
+    mirror = Mirror(stream.config)
+    late: list[SeedRecord] = []
+
+    def produce(tag: bytes, n: int) -> None:
+        batch = [SeedRecord(i % 2, b"m", tag + b" %d" % i, (), BASE_TS_MS + i) for i in range(n)]
+        produce_records(stream.bootstrap, stream.config.kafka.topic, batch)
+        late.extend(batch)
+
+    try:
+        produce(b"before", 300)  # armed and copied before the slot moves
+        wait_for_mirror(stream.config, time.monotonic() + 60)
+
+        def while_asking() -> None:  # the mirror writes while the source answers ASK
+            produce(b"asked", 300)
+            wait_for_mirror(stream.config, time.monotonic() + 60)
+
+        move_slot(local_cluster, slot, target, between=while_asking)
+        produce(b"after", 300)
+        wait_for_mirror(stream.config, time.monotonic() + 60)
+    finally:
+        mirror.close()
+    client = connect_redis(stream.config)
+    try:
+        entries = read_redis_records(client, stream.config.redis.stream)
+    finally:
+        client.close()
+    assert by_partition(r for _, r in entries) == expected_records(stream.records + late)
