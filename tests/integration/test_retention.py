@@ -234,7 +234,7 @@ def test_redis_first_writes_bound_ids_by_copy_time_too(redis_client):
         before = _server_ms(redis_client)
         reply = _script(redis_client, "primary.lua")(
             keys=[keys.state, keys.stream],
-            args=[0, YEAR_2100_MS, 0, b"k", b"v", b"", before, 0, b"k", b"v", b""],
+            args=[0, "writer-1", 1, YEAR_2100_MS, 0, b"k", b"v", b"", before, 0, b"k", b"v", b""],
         )
         after = _server_ms(redis_client)
         ids = [int(entry_id.split(b"-")[0]) for entry_id in reply[1:]]
