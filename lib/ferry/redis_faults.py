@@ -48,6 +48,14 @@ def transient_cause(exc: BaseException) -> str | None:
         return "Redis is a read-only replica (a failover in progress?)"
     if isinstance(exc, redis.OutOfMemoryError):
         return "Redis is out of memory (maxmemory reached under noeviction)"
+    # redis-py strips the code word from these replies: tell them by their classes
+    for kind, cause in (
+        (redis.exceptions.TryAgainError, "Redis asked to try again (a slot migrating)"),
+        (redis.exceptions.MasterDownError, "the replica lost its primary"),
+        (redis.exceptions.ClusterDownError, "the Redis cluster is down"),
+    ):
+        if isinstance(exc, kind):
+            return cause
     if isinstance(exc, redis.ResponseError):
         text = str(exc)
         for prefix, cause in (

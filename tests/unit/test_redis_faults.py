@@ -136,3 +136,19 @@ def test_ferry_errors_pass_through_untouched():
     with pytest.raises(FerryError, match="recreated"):
         ride_out(call, deadline_s=None, state=FaultState())
     assert calls["n"] == 1
+
+
+def test_cluster_replies_are_passing_faults_by_their_class():
+    """redis-py drops the code word (TRYAGAIN, CLUSTERDOWN, MASTERDOWN) from the text."""
+    import redis
+
+    from ferry.redis_faults import transient_cause
+
+    for exc in (
+        redis.exceptions.TryAgainError("Multiple keys request during rehashing of slot"),
+        redis.exceptions.ClusterDownError("The cluster is down"),
+        redis.exceptions.MasterDownError("Link with MASTER is down"),
+    ):
+        assert transient_cause(exc), exc
+    # a MOVED reaching ferry means a plain client on a cluster node: no wait fixes that
+    assert transient_cause(redis.exceptions.MovedError("11579 127.0.0.1:7001")) is None
