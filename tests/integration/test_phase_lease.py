@@ -33,6 +33,8 @@ from ferry.seed import payment_events
 
 from .helpers import ferry_cli, wait_until
 
+pytestmark = pytest.mark.redis_side  # leases and liveness by the Redis server's clock
+
 
 def test_a_draining_lease_by_server_time_expires_only_after_it_ends(make_stream, redis_client):
     stream = make_stream([], partitions=1)

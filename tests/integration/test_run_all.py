@@ -8,12 +8,15 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ferry.audit import verify_archive
 from ferry.seed import payment_events
 
 from .helpers import ferry_cli, wait_until
+
+pytestmark = pytest.mark.redis_side  # orchestration of ferry run processes: once per Redis kind
 
 
 def make_streams(make_stream, folder: Path, count: int) -> list[str]:
