@@ -29,12 +29,13 @@ def generate_traffic(
     ``linger_ms`` batches like a busy application's producer: Tansu's reads of history slow
     down with every batch it holds (after a minute of 1-2 record batches at 300 msg/s a
     reader gets a few hundred records a second), so the generator does not make tiny ones."""
-    from ferry.dualwriter import DualWriter
+    from ferry.delivery import WriterFenced
+    from ferry.dualwriter import DualWriter, WriterHoldTimeout
 
     rng = random.Random(seed)
     writer = DualWriter(config, poll_interval_s=0.1, producer_settings={"linger.ms": linger_ms})
     began = time.monotonic()
-    sent = 0
+    sent = refused = 0
     next_line = began + PROGRESS_LOG_S
     log.info("traffic %s: sending at %.0f msg/s (phase %s)", config.name, rate, writer.phase)
     try:
@@ -44,9 +45,14 @@ def generate_traffic(
                 "amount_minor": rng.randrange(1, 10**6),
                 "currency": "EUR",
             }
-            writer.send(
-                json.dumps(event).encode(), key=f"acct_{rng.randrange(10_000):05d}".encode()
-            )
+            key = f"acct_{rng.randrange(10_000):05d}".encode()
+            try:
+                writer.send(json.dumps(event).encode(), key=key)
+            except (WriterHoldTimeout, WriterFenced) as exc:  # nothing was sent: send it again
+                log.warning("traffic %s: %s; sending event %d again", config.name, exc, sent)
+                refused += 1
+                time.sleep(0.1)  # what an application does before it sends again
+                continue
             sent += 1
             if sent % 256 == 0 and time.monotonic() >= next_line:
                 next_line = time.monotonic() + PROGRESS_LOG_S
@@ -68,6 +74,7 @@ def generate_traffic(
     return {
         **writer.counts.__dict__,
         "not_accepted": len(writer.failed),
+        "refused_and_resent": refused,
         "seconds": round(time.monotonic() - began, 2),
         "held_sends": len(holds),
         "hold_ms": [round(h, 2) for h in holds],
