@@ -59,7 +59,8 @@ ROLES: dict[str, Role] = {
         Role(
             "validator",
             "ferry validate and the runbook's read-only checks",
-            ("info", "hget", "hgetall", "exists", "xrange", "xrevrange", "xlen", "get"),
+            # exec: the state and the stream's last ID are read in one MULTI (a consistent start)
+            ("info", "hget", "hgetall", "exists", "xrange", "xrevrange", "xlen", "get", "exec"),
         ),
         Role(
             "writer",
