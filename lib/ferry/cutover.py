@@ -192,16 +192,17 @@ def _drain(
     """Wait for every live writer's acknowledgement and zero lag, then switch; raises
     PauseBoundExceeded when the bound passes first (the caller aborts)."""
     deadline = began + pause_bound_s
-    waiting = "writers and mirror"
     stages: dict[str, float] = {}
-    while time.monotonic() < deadline:
+    while True:  # checked once at least, so an abort always says who or what it waited for
         live = live_writers(client, keys)
         behind = [w.writer_id for w in live if w.acked_epoch != epoch]
         if not behind:
             stages.setdefault("writers_acked", round((time.monotonic() - began) * 1000, 1))
         lag = mirror_lag(config, source, client) if not behind else None
         if time.monotonic() >= deadline:  # the checks themselves took us past the bound
-            waiting = "the bound passed while checking writers and lag"
+            waiting = "the bound passed while checking writers and lag" + (
+                f"; writers not acknowledged: {behind}" if behind else ""
+            )
             break
         if not behind and lag is not None and not any(lag.values()):
             stages["mirror_caught_up"] = round((time.monotonic() - began) * 1000, 1)
