@@ -59,8 +59,7 @@ ROLES: dict[str, Role] = {
         Role(
             "validator",
             "ferry validate and the runbook's read-only checks",
-            # exec: the state and the stream's last ID are read in one MULTI (a consistent start)
-            ("info", "hget", "hgetall", "exists", "xrange", "xrevrange", "xlen", "get", "exec"),
+            ("info", "hget", "hgetall", "exists", "xrange", "xrevrange", "xlen", "get"),
         ),
         Role(
             "writer",
