@@ -122,12 +122,10 @@ class StreamFixture:
         return replace(self.config, kafka=replace(self.config.kafka, client=client))
 
 
-@pytest.fixture
-def make_stream(services, redis_client, request):
-    """Factory: a fresh topic (seeded with the given records) and a config for a fresh stream.
-
-    Every stream of a test lives under its own hash tag; the keys are deleted afterwards.
-    """
+def stream_factory(services, redis_client, request, target: dict, prefix: str = "t"):
+    """The ``make_stream`` factory with streams on the Redis target ``target`` (the
+    config's ``redis`` block without ``layout``); yields it, then deletes every stream's keys.
+    ``name`` and ``redis_doc`` per call override the generated name and the target."""
     made: list[StreamConfig] = []
 
     def make(
@@ -138,9 +136,12 @@ def make_stream(services, redis_client, request):
         extra: dict | None = None,
         kafka_extra: dict | None = None,
         topic_config: dict | None = None,
+        name: str | None = None,
+        redis_doc: dict | None = None,
     ) -> StreamFixture:
-        name = f"t{next(_counter)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
-        name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+        if name is None:
+            name = f"{prefix}{next(_counter)}-{request.node.name[:40]}"
+            name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
         create_topic(services.kafka_bootstrap, name, partitions, topic_config)
         if records:
             produce_records(services.kafka_bootstrap, name, records)
@@ -152,7 +153,7 @@ def make_stream(services, redis_client, request):
                 "client": client,
                 **(kafka_extra or {}),
             },
-            "redis": {"url": services.redis_url, "layout": layout},
+            "redis": {**(redis_doc or target), "layout": layout},
             **(extra or {}),
         }
         config = parse_config(doc, f"<test {name}>")
@@ -161,9 +162,17 @@ def make_stream(services, redis_client, request):
 
     yield make
     for config in made:
-        keys = list(redis_client.scan_iter(match=f"*{{{config.name}}}*", count=1000))
-        if keys:
-            redis_client.delete(*keys)
+        for key in redis_client.scan_iter(match=f"*{{{config.name}}}*", count=1000):
+            redis_client.delete(key)  # one by one: a cluster client deletes key by key too
+
+
+@pytest.fixture
+def make_stream(services, redis_client, request):
+    """Factory: a fresh topic (seeded with the given records) and a config for a fresh stream.
+
+    Every stream of a test lives under its own hash tag; the keys are deleted afterwards.
+    """
+    yield from stream_factory(services, redis_client, request, {"url": services.redis_url})
 
 
 @pytest.fixture

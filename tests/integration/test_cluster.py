@@ -23,7 +23,7 @@ from ferry.ingest import migration_keys
 from ferry.mirror import backfill
 from ferry.phases import start_dual_write
 from ferry.redis_target import connect_redis
-from ferry.seed import BASE_TS_MS, SeedRecord, create_topic, payment_events, produce_records
+from ferry.seed import BASE_TS_MS, SeedRecord, payment_events, produce_records
 from ferry.validate import validate_stream
 
 from . import test_mirror, test_primary, test_validate
@@ -36,7 +36,7 @@ from .cluster import (
     slot_of,
     start_cluster_like,
 )
-from .conftest import StreamFixture, _counter
+from .conftest import _counter, stream_factory
 from .helpers import Mirror, by_partition, expected_records, read_redis_records, wait_for_mirror
 
 pytestmark = pytest.mark.redis_side
@@ -67,45 +67,9 @@ def _cluster_doc(local_cluster, seeds: list[str] | None = None) -> dict:
 @pytest.fixture
 def make_stream(services, redis_client, local_cluster, request):
     """conftest's factory, with the stream on the cluster (``redis.cluster.addresses``)."""
-    made = []
-
-    def make(
-        records=(),
-        partitions=3,
-        client="confluent",
-        layout="merged",
-        extra=None,
-        kafka_extra=None,
-        topic_config=None,
-        name=None,
-        redis_doc=None,
-    ) -> StreamFixture:
-        if name is None:
-            name = f"c{next(_counter)}-{request.node.name[:40]}"
-            name = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
-        create_topic(services.kafka_bootstrap, name, partitions, topic_config)
-        if records:
-            produce_records(services.kafka_bootstrap, name, records)
-        doc = {
-            "name": name,
-            "kafka": {
-                "bootstrap_servers": services.kafka_bootstrap,
-                "topic": name,
-                "client": client,
-                **(kafka_extra or {}),
-            },
-            "redis": {**(redis_doc or _cluster_doc(local_cluster)), "layout": layout},
-            **(extra or {}),
-        }
-        config = parse_config(doc, f"<test {name}>")
-        made.append(config)
-        return StreamFixture(config, services, list(records), doc)
-
-    yield make
-    for config in made:
-        keys = list(redis_client.scan_iter(match=f"*{{{config.name}}}*", count=1000))
-        for key in keys:
-            redis_client.delete(key)
+    yield from stream_factory(
+        services, redis_client, request, _cluster_doc(local_cluster), prefix="c"
+    )
 
 
 # The standalone bodies, collected here with this module's fixtures: on the cluster.
