@@ -27,7 +27,6 @@ registry, so a phase change is followed within a second.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import random
@@ -278,18 +277,14 @@ class DualWriter:
     def producer_setting(self, name: str, default):
         return self._producer_settings.get(name, default)
 
-    def _produce_record(
-        self, record: KafkaRecord, future, mirror: bool, on_delivery=None, raise_refusal=False
-    ) -> bool:
-        """Produce ``record`` (partition -1: the partitioner's choice); its delivery report
-        resolves ``future`` (or goes to ``on_delivery``). A refusal librdkafka raises at once
-        resolves it too; returns False then."""
+    def _produce_record(self, record: KafkaRecord, future, mirror: bool, on_delivery=None) -> None:
+        """Produce ``record`` off the caller's path (a rerouted record, a shadow; partition -1:
+        the partitioner's choice): its delivery report resolves ``future``, as send() does, or
+        goes to ``on_delivery``. A refusal librdkafka raises at once is reported the same way."""
         if on_delivery is None:
-            on_delivery = functools.partial(
-                self._deliver_mirrored if mirror else self._deliver_plain,
-                future=future,
-                headers=record.headers,
-            )
+            future._report = self._deliver_mirrored if mirror else self._deliver_plain
+            future._headers = record.headers
+            on_delivery = future
         kwargs = {"key": record.key, "value": record.value, "on_delivery": on_delivery}
         if record.headers:
             kwargs["headers"] = list(record.headers)
@@ -300,18 +295,17 @@ class DualWriter:
         while True:
             try:
                 self.producer.produce(self.config.kafka.topic, **kwargs)
-                return True
+                return
             except BufferError:
                 self.producer.poll(0.01)
             except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException: refused at once
                 error = DeliveryFailed(f"Kafka refused the record at once: {exc}")
                 if future is not None:
                     future.resolve(None, error)
-                    if not raise_refusal:
-                        self._record_failure(record, str(error))
+                    self._record_failure(record, str(error))
                 else:
                     on_delivery(error, None)
-                return False
+                return
 
     def _record_failure(self, record: KafkaRecord, why: str) -> None:
         with self._lock:
