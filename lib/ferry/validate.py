@@ -36,6 +36,7 @@ from ferry.redis_target import connect_redis
 from ferry.retention import read_trimmed, read_trimmed_ids
 
 SCAN_COUNT = 10_000
+STALL_KICK_S = 5.0  # no record for this long: the partitions left are assigned again
 STALL_TIMEOUT_S = 30.0
 
 # The JSON keys of one partition's row, documented in the README.
@@ -204,11 +205,16 @@ def read_kafka_range(
     if not todo:
         return
     source.assign({p: first for p, (first, _) in todo.items()})
-    last_progress = time.monotonic()
+    last_progress = last_kick = time.monotonic()
     while todo:
         records = source.poll_records(batch, 0.2)
         if records:
             last_progress = time.monotonic()
+        elif time.monotonic() - max(last_progress, last_kick) > STALL_KICK_S:
+            # a fetcher that went quiet after pauses (seen with kafka-python on Kafka 4.x under
+            # live traffic): assign the partitions still to read at their positions again
+            source.assign({p: source.position(p) for p in todo})
+            last_kick = time.monotonic()
         for record in records:
             rng = todo.get(record.partition)
             if rng is None:
