@@ -47,7 +47,7 @@ test: $(VENV)/.dev kafka-jars
 
 # Apache Kafka's broker jars (Maven Central, cached per version in ~/.cache/ferry/kafka)
 kafka-jars: $(VENV)/.installed
-	$(PY) -m ferry.apache_kafka 3.7 4.x
+	$(PY) -m ferry.services.apache_kafka 3.7 4.x
 
 soak: $(VENV)/.dev
 	bash scripts/ensure-system-packages

@@ -23,7 +23,7 @@ def _is_notebook_item(item) -> bool:
 
 def pytest_collection_modifyitems(session, config, items):
     """Notebooks run in the runbook's order (each step needs the one before it)."""
-    from ferry.runbook import load_steps
+    from ferry.runbook.plan import load_steps
 
     order = {(ROOT / s.notebook).resolve(): n for n, s in enumerate(load_steps()) if s.notebook}
     others = [i for i in items if not _is_notebook_item(i)]
@@ -37,8 +37,8 @@ def pytest_runtest_setup(item):
     if not _is_notebook_item(item) or "services" in _state:
         return
     from ferry.config import load_config
-    from ferry.seed import seed_demo_topic
-    from ferry.services import start_services
+    from ferry.services.seed import seed_demo_topic
+    from ferry.services.servers import start_services
 
     home = Path(tempfile.mkdtemp(prefix="ferry-nbval-"))
     os.environ["FERRY_HOME"] = str(home)
@@ -61,8 +61,8 @@ def pytest_sessionfinish(session, exitstatus):
     services = _state.pop("services", None)
     if services is not None:
         from ferry.config import load_config
-        from ferry.follower import stop_follower
-        from ferry.services import stop_services
+        from ferry.core.follower import stop_follower
+        from ferry.services.servers import stop_services
 
         stop_follower(load_config(ROOT / "runbook" / "streams" / "payments.yaml"))
         stop_services(Path(services.folder))

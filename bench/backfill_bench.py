@@ -46,7 +46,7 @@ STOCK = {"stream-node-max-bytes": "4096", "stream-node-max-entries": "100"}
 
 
 def seed(bootstrap: str, topic: str, records: int) -> None:
-    from ferry.seed import BASE_TS_MS, SeedRecord, create_topic, produce_records
+    from ferry.services.seed import BASE_TS_MS, SeedRecord, create_topic, produce_records
 
     create_topic(bootstrap, topic, PARTITIONS)
     value = bytes(range(256)) * (VALUE_BYTES // 256)
@@ -63,7 +63,7 @@ def seed(bootstrap: str, topic: str, records: int) -> None:
 def raw_read_confluent(bootstrap: str, topic: str, records: int) -> float:
     from confluent_kafka import Consumer, TopicPartition
 
-    from ferry.kafka_confluent import SAFE_SETTINGS
+    from ferry.kafka.confluent_client import SAFE_SETTINGS
 
     # the best bare-loop settings found on this broker: defaults, 5 ms fetch wait, consume(1000)
     c = Consumer(
@@ -136,7 +136,7 @@ def xadd_ceiling(url: str, records: int) -> float:
 
 
 def ferry_backfill(base_config, name: str, client: str) -> dict:
-    from ferry.mirror import backfill
+    from ferry.core.mirror import backfill
 
     config = replace(
         base_config,
@@ -213,8 +213,8 @@ def tail_latency_ms(base_config, services, name: str, count: int = 300) -> dict[
     visible in the stream, p50 and p99 (ms)."""
     from confluent_kafka import Producer
 
-    from ferry.mirror import backfill
-    from ferry.seed import create_topic
+    from ferry.core.mirror import backfill
+    from ferry.services.seed import create_topic
 
     topic = f"lat-{name}"
     create_topic(services.kafka_bootstrap, topic, 1)
@@ -276,7 +276,7 @@ def bench_broker(kafka: str, records: int, runs: int, fetch_waits: list[int]) ->
     home = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
     os.environ["FERRY_HOME"] = str(home)
     from ferry.config import parse_config
-    from ferry.services import start_services, stop_services
+    from ferry.services.servers import start_services, stop_services
 
     results: dict = {"records": records, "value_bytes": VALUE_BYTES, "partitions": PARTITIONS}
     services = start_services(home / "services", kafka=kafka)

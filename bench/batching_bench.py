@@ -13,8 +13,8 @@ import argparse
 import statistics
 import time
 
-from ferry.batching import DEFAULT_LIMITS, split_batches
-from ferry.entries import KafkaRecord
+from ferry.core.batching import DEFAULT_LIMITS, split_batches
+from ferry.core.entries import KafkaRecord
 
 
 def timed(fn, runs: int = 7) -> float:

@@ -33,7 +33,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def fresh_stream(base, bootstrap: str, name: str):
-    from ferry.seed import create_topic
+    from ferry.services.seed import create_topic
 
     create_topic(bootstrap, name, PARTITIONS)
     return replace(
@@ -45,10 +45,10 @@ def fresh_stream(base, bootstrap: str, name: str):
 
 
 def arm_and_dual_write(config) -> None:
-    from ferry.ingest import migration_keys
-    from ferry.mirror import backfill
-    from ferry.phases import start_dual_write
-    from ferry.redis_target import connect_redis
+    from ferry.core.ingest import migration_keys
+    from ferry.core.mirror import backfill
+    from ferry.live.phases import start_dual_write
+    from ferry.redis.target import connect_redis
 
     backfill(config, progress=False)  # arms the (empty) topic: frontiers at -1
     start_dual_write(connect_redis(config), migration_keys(config), "bench")
@@ -92,7 +92,7 @@ def cutover_under_load(config, rate: int, warmup_s: float = 2.0) -> dict:
     import yaml
 
     import ferry
-    from ferry.cutover import run_cutover
+    from ferry.live.cutover import run_cutover
 
     stop = threading.Event()
     # the mirror runs as its own process, as it does in production
@@ -164,7 +164,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="ferry-live-bench-"))
     os.environ["FERRY_HOME"] = str(home)
     from ferry.config import parse_config
-    from ferry.services import embedded_services
+    from ferry.services.servers import embedded_services
 
     out: dict = {"records": args.records, "rate": args.rate, "runs": args.runs}
     with embedded_services(home / "services") as services:

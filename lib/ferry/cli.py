@@ -14,7 +14,7 @@ from ferry.exitcodes import ExitCode, exit_code_for
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from ferry import services
+    from ferry.services import servers as services
 
     folder = Path(args.folder).resolve() / "services" if args.folder else None
     if args.action == "up":
@@ -42,7 +42,7 @@ def stop_on(*signals: signal.Signals):
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from ferry.mirror import backfill
+    from ferry.core.mirror import backfill
 
     config = load_config(args.stream)
     should_stop = stop_on(signal.SIGTERM, *([signal.SIGINT] if args.follow else []))
@@ -55,7 +55,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         metrics = serve_mirror_metrics(parse_addr(addr), config.name, args.lag_stale_after)
     on_lag = metrics.on_lag if metrics else None
     if args.follow:
-        from ferry.follower import heartbeat_on_lag
+        from ferry.core.follower import heartbeat_on_lag
 
         on_lag = heartbeat_on_lag(config, on_lag, addr)
     summary = backfill(
@@ -74,7 +74,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
-    from ferry import follower
+    from ferry.core import follower
 
     config = load_config(args.stream)
     if args.action == "status":
@@ -87,7 +87,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
-    from ferry.acl import setuser_line
+    from ferry.redis.acl import setuser_line
 
     config = load_config(args.stream)
     print(setuser_line(args.role, args.user or f"ferry-{args.role}", config.name))
@@ -95,7 +95,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ferry.validate import validate_stream
+    from ferry.core.validate import validate_stream
 
     report = validate_stream(load_config(args.stream), client=args.client)
     if args.json:
@@ -123,9 +123,9 @@ def format_report(report) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ferry.extras import require
-    from ferry.fleet import check_run_options
-    from ferry.runbook import load_steps
-    from ferry.runner import RunInterrupted, format_steps, raise_on_failure, run_runbook
+    from ferry.runbook.fleet import check_run_options
+    from ferry.runbook.plan import load_steps
+    from ferry.runbook.runner import RunInterrupted, format_steps, raise_on_failure, run_runbook
 
     require("runbook", "run")
     check_run_options(
@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     parameters = step_parameters(parse_parameters(args.param), args.start, args.only)
     if args.all:
-        from ferry.fleet_run import run_all_streams
+        from ferry.runbook.fleet_run import run_all_streams
 
         return run_all_streams(
             args.streams, args.parallel, args.start, args.only, args.audit, args.param
@@ -207,7 +207,7 @@ def step_parameters(values: dict, start: str | None, only: str | None) -> dict[s
         return {}
     import papermill
 
-    from ferry.runbook import load_steps, plan_run, project_root
+    from ferry.runbook.plan import load_steps, plan_run, project_root
 
     declared = {
         step.id: set(papermill.inspect_notebook(str(project_root() / step.notebook)))
@@ -228,11 +228,11 @@ def step_parameters(values: dict, start: str | None, only: str | None) -> dict[s
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ferry.audit import verify_archive
+    from ferry.runbook.audit import verify_archive
 
     folder = Path(args.folder)
     if args.action == "keygen":
-        from ferry.audit_anchor import generate_key_pair
+        from ferry.runbook.audit_anchor import generate_key_pair
 
         private, public = generate_key_pair(folder)
         print(
@@ -242,7 +242,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 0
     problems = verify_archive(folder)
     if not args.offline and not problems:
-        from ferry.audit_anchor import verify_anchor
+        from ferry.runbook.audit_anchor import verify_anchor
 
         problems = verify_anchor(folder)
     if problems:
@@ -256,9 +256,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_seed_demo(args: argparse.Namespace) -> int:
     from ferry.config import load_config
     from ferry.errors import KafkaError
-    from ferry.runbook import project_root
-    from ferry.seed import seed_demo_topic
-    from ferry.services import running_services
+    from ferry.runbook.plan import project_root
+    from ferry.services.seed import seed_demo_topic
+    from ferry.services.servers import running_services
 
     config = load_config(project_root() / "runbook" / "streams" / "payments.yaml")
     try:
@@ -275,9 +275,9 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_phase(args: argparse.Namespace) -> int:
-    from ferry.ingest import migration_keys
-    from ferry.phases import check_manual_move, read_phase, read_writers, set_phase
-    from ferry.redis_target import connect_redis
+    from ferry.core.ingest import migration_keys
+    from ferry.live.phases import check_manual_move, read_phase, read_writers, set_phase
+    from ferry.redis.target import connect_redis
 
     config = load_config(args.stream)
     client, keys = connect_redis(config), migration_keys(config)
@@ -294,7 +294,7 @@ def cmd_phase(args: argparse.Namespace) -> int:
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
-    from ferry.cutover import run_cutover
+    from ferry.live.cutover import run_cutover
 
     report = run_cutover(
         load_config(args.stream),
@@ -307,7 +307,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
-    from ferry.finish import run_finish
+    from ferry.live.finish import run_finish
 
     report = run_finish(
         load_config(args.stream),
@@ -320,7 +320,7 @@ def cmd_finish(args: argparse.Namespace) -> int:
 
 
 def cmd_translate_group(args: argparse.Namespace) -> int:
-    from ferry.handover import translate_group
+    from ferry.live.handover import translate_group
 
     result = translate_group(
         load_config(args.stream), args.group, reset=args.reset, accept_gap=args.accept_gap
@@ -330,7 +330,7 @@ def cmd_translate_group(args: argparse.Namespace) -> int:
 
 
 def cmd_group_consumer(args: argparse.Namespace) -> int:
-    from ferry.group_consumer import run_group_consumer
+    from ferry.live.group_consumer import run_group_consumer
 
     should_stop = stop_on(signal.SIGTERM, signal.SIGINT)
     counts = run_group_consumer(load_config(args.stream), args.group, Path(args.log), should_stop)
@@ -339,7 +339,7 @@ def cmd_group_consumer(args: argparse.Namespace) -> int:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    from ferry.traffic import generate_traffic
+    from ferry.services.traffic import generate_traffic
 
     should_stop = stop_on(signal.SIGTERM, signal.SIGINT)
     counts = generate_traffic(
@@ -357,7 +357,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ferry.extras import require
 
     require("runbook", "demo")
-    from ferry.demo import run_demo
+    from ferry.services.demo import run_demo
 
     return run_demo(records=args.records, partitions=args.partitions, rate=args.rate)
 
@@ -656,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_demo)
 
-    from ferry.lab import cmd_lab
+    from ferry.services.lab import cmd_lab
 
     lb = sub.add_parser(
         "lab", help="JupyterLab on the runbook; services it starts are stopped when it exits"
@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     import redis
 
     from ferry.logs import configure_logging, reset_logging
-    from ferry.redis_faults import describe_permanent, transient_cause
+    from ferry.redis.faults import describe_permanent, transient_cause
 
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, json=args.log_json, file=args.log_file)

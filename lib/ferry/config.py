@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from ferry.errors import ConfigError
-from ferry.partitioner import DEFAULT_PARTITIONER, PARTITIONERS
+from ferry.kafka.partitioner import DEFAULT_PARTITIONER, PARTITIONERS
 
-BROKERS = ("auto", "apache", "tansu")  # ferry.broker's traits
+BROKERS = ("auto", "apache", "tansu")  # ferry.kafka.broker's traits
 
 STREAMS_DIR = Path("runbook/streams")
 CLIENTS = ("confluent", "kafka-python")
@@ -103,7 +103,7 @@ class KafkaSettings:
     password: SecretRef | None = None
     ssl_cafile: str | None = None
     transactional: bool = False
-    broker: str = "auto"  # auto | apache | tansu: which broker's traits apply (ferry.broker)
+    broker: str = "auto"  # auto | apache | tansu: which broker's traits apply (ferry.kafka.broker)
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class RedisSettings:
 @dataclass(frozen=True)
 class WriterSettings:
     """What the DualWriter needs of the application: the partitioner its Kafka producer uses
-    (librdkafka's names, ``ferry.partitioner``), so the Redis-first phases pick the same one."""
+    (librdkafka's names, ``ferry.kafka.partitioner``), so the Redis-first phases pick the same one."""
 
     partitioner: str = DEFAULT_PARTITIONER
 

@@ -48,7 +48,7 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     import redis
 
     if isinstance(exc, redis.RedisError):  # a Redis fault outside the paths that wait them out
-        from ferry.redis_faults import unavailable
+        from ferry.redis.faults import unavailable
 
         return ExitCode.UNREACHABLE if unavailable(exc) else ExitCode.ERROR
     return ExitCode.ERROR

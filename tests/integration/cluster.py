@@ -11,7 +11,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 
 from ferry.errors import ServiceError
-from ferry.services import LocalCluster, Services, start_redis_cluster
+from ferry.services.servers import LocalCluster, Services, start_redis_cluster
 
 SLOT_MOVE_TIMEOUT_S = 30.0
 

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from ferry.config import StreamConfig, parse_config
-from ferry.seed import SeedRecord, create_topic, produce_records
-from ferry.services import Services, start_services, stop_services
+from ferry.services.seed import SeedRecord, create_topic, produce_records
+from ferry.services.servers import Services, start_services, stop_services
 
 from .helpers import OwnRedis
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from ferry.entries import KafkaRecord, entry_to_record
-from ferry.mirror import backfill
-from ferry.seed import SeedRecord
-from ferry.services import _spawn, _wait_ready, free_port, probe_redis
+from ferry.core.entries import KafkaRecord, entry_to_record
+from ferry.core.mirror import backfill
+from ferry.services.seed import SeedRecord
+from ferry.services.servers import _spawn, _wait_ready, free_port, probe_redis
 
 
 def read_redis_records(client: redis.Redis, stream: str) -> list[tuple[bytes, KafkaRecord]]:
@@ -90,7 +90,7 @@ def wait_for_mirror(config, deadline: float) -> None:
     import threading
     import time
 
-    from ferry.cutover import mirror_lag
+    from ferry.live.cutover import mirror_lag
 
     while any(lag := mirror_lag(config).values()):
         assert time.monotonic() < deadline, f"mirror still behind: {list(lag)}"
@@ -199,10 +199,10 @@ class OwnRedis:
 
 def start_authorizing_kafka(folder: Path, version: str, secure, authorizer):
     """An Apache Kafka KRaft node that enforces ACLs (``authorizer``: an
-    :class:`ferry.apache_kafka.Authorizer`), with ``secure``'s SASL_SSL listener beside the
+    :class:`ferry.services.apache_kafka.Authorizer`), with ``secure``'s SASL_SSL listener beside the
     plaintext one; returns (process, plaintext bootstrap)."""
-    from ferry.apache_kafka import KafkaListeners, broker_command
-    from ferry.services import APACHE_READY_TIMEOUT_S, probe_kafka
+    from ferry.services.apache_kafka import KafkaListeners, broker_command
+    from ferry.services.servers import APACHE_READY_TIMEOUT_S, probe_kafka
 
     ports = KafkaListeners(plaintext=free_port(), controller=free_port(), sasl_ssl=secure.port)
     log = folder / "kafka.log"

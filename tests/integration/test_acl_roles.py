@@ -8,11 +8,11 @@ import secrets
 import pytest
 import redis
 
-from ferry.acl import ROLES
 from ferry.config import parse_config
-from ferry.mirror import backfill
-from ferry.seed import SeedRecord
-from ferry.validate import validate_stream
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.redis.acl import ROLES
+from ferry.services.seed import SeedRecord
 
 from .helpers import (
     backfill_cli_error,
@@ -94,7 +94,7 @@ def creds_password(creds: dict) -> str:
 
 
 def test_preflight_checks_the_user_against_each_roles_list(make_stream, acl_user, redis_client):
-    from ferry.preflight import run_preflight
+    from ferry.runbook.preflight import run_preflight
 
     stream = make_stream(records(10), partitions=2)
     creds = acl_user("mirror", stream.config.name)
@@ -113,9 +113,9 @@ def test_preflight_checks_the_user_against_each_roles_list(make_stream, acl_user
 
 
 def test_the_writer_role_writes_in_every_phase(make_stream, acl_user, redis_client, services):
-    from ferry.dualwriter import DualWriter
-    from ferry.ingest import migration_keys
-    from ferry.phases import DRAINING, DUAL_WRITE, REDIS_PRIMARY, read_phase, set_phase
+    from ferry.core.ingest import migration_keys
+    from ferry.live.dualwriter import DualWriter
+    from ferry.live.phases import DRAINING, DUAL_WRITE, REDIS_PRIMARY, read_phase, set_phase
 
     stream = make_stream(records(100), partitions=2)
     backfill(stream.config, progress=False)  # history as the default user
@@ -149,7 +149,7 @@ def test_the_writer_role_writes_in_every_phase(make_stream, acl_user, redis_clie
 
 
 def test_the_consumer_role_reads_acks_and_dead_letters(make_stream, acl_user, services):
-    from ferry.handover import StreamConsumer, translate_group
+    from ferry.live.handover import StreamConsumer, translate_group
 
     stream = make_stream(
         [SeedRecord(0, b"k", b"v%d" % i, (), 1_700_000_000_000 + i) for i in range(20)],

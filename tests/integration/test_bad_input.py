@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import redis
 
+from ferry.core.mirror import backfill
 from ferry.errors import ForeignStreamError, KafkaError, RedisTargetError, TopicNotFoundError
-from ferry.mirror import backfill
-from ferry.seed import payment_events
-from ferry.services import free_port
+from ferry.services.seed import payment_events
+from ferry.services.servers import free_port
 
 from .helpers import ferry_cli
 

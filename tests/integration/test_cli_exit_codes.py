@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from ferry.cli import main
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
 from ferry.exitcodes import ExitCode
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.seed import SeedRecord
+from ferry.services.seed import SeedRecord
 
 pytestmark = pytest.mark.redis_side  # Redis behaviour: once per Redis server
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from ferry.cli import main
-from ferry.seed import SeedRecord
-from ferry.services import free_port
+from ferry.services.seed import SeedRecord
+from ferry.services.servers import free_port
 
 from .test_live import commit_group
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ferry.cli import main
-from ferry.seed import payment_events
+from ferry.services.seed import payment_events
 
 
 def test_a_parameter_reaches_the_step_that_declares_it(make_stream, tmp_path, capsys):

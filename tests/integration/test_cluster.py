@@ -17,14 +17,14 @@ import redis
 
 import ferry
 from ferry.config import parse_config
-from ferry.cutover import run_cutover
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
 from ferry.errors import RedisTargetError
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.phases import start_dual_write
-from ferry.redis_target import connect_redis
-from ferry.seed import BASE_TS_MS, SeedRecord, payment_events, produce_records
-from ferry.validate import validate_stream
+from ferry.live.cutover import run_cutover
+from ferry.live.phases import start_dual_write
+from ferry.redis.target import connect_redis
+from ferry.services.seed import BASE_TS_MS, SeedRecord, payment_events, produce_records
 
 from . import test_mirror, test_primary, test_validate
 from .cluster import (
@@ -118,7 +118,7 @@ def test_a_migration_on_another_node_than_the_seed_follows_moved(make_stream, lo
 
 def test_an_unreachable_cluster_is_one_line(services, tmp_path):
     from ferry.errors import RedisUnreachableError
-    from ferry.services import free_port
+    from ferry.services.servers import free_port
 
     doc = {
         "name": "nowhere",

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from ferry.ingest import migration_keys, read_state
-from ferry.seed import payment_events
-from ferry.validate import validate_stream
+from ferry.core.ingest import migration_keys, read_state
+from ferry.core.validate import validate_stream
+from ferry.services.seed import payment_events
 
 from .helpers import ferry_cli
 

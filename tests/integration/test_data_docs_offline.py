@@ -8,8 +8,8 @@ import io
 import pandas as pd
 import pytest
 
-from ferry.datadocs import find_network_references
-from ferry.expectations import ZERO_COLUMNS, run_suites
+from ferry.runbook.datadocs import find_network_references
+from ferry.runbook.expectations import ZERO_COLUMNS, run_suites
 
 from .chromium import OfflineChromium
 

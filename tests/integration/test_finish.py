@@ -4,11 +4,11 @@ import subprocess
 
 import pytest
 
-from ferry.finish import FinishRefused, finish_gates, run_finish
-from ferry.handover import translate_group
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.phases import (
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.live.finish import FinishRefused, finish_gates, run_finish
+from ferry.live.handover import translate_group
+from ferry.live.phases import (
     REDIS_ONLY,
     REDIS_PRIMARY,
     PhaseState,
@@ -19,7 +19,7 @@ from ferry.phases import (
     start_draining,
     start_dual_write,
 )
-from ferry.seed import SeedRecord, payment_events, produce_records
+from ferry.services.seed import SeedRecord, payment_events, produce_records
 
 from .helpers import ferry_cli, wait_until
 from .test_live import commit_group
@@ -122,7 +122,7 @@ def test_the_cli_refuses_in_one_line_then_finishes(make_stream, redis_client, tm
 
 
 def test_a_fence_the_broker_cannot_make_leaves_redis_primary(make_stream, redis_client):
-    from ferry.kafka_fence import KafkaFenceError
+    from ferry.kafka.fence import KafkaFenceError
 
     stream, keys = switched(make_stream, redis_client, partitions=1)
     if stream.services.kafka_kind != "tansu":

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 import pytest
 
 from ferry.cli import main
+from ferry.core.ingest import migration_keys, read_state
+from ferry.core.mirror import backfill
 from ferry.errors import GroupGapError, HandoverError
 from ferry.exitcodes import ExitCode
-from ferry.handover import StreamConsumer, group_offsets_key, hand_over_group, translate_group
-from ferry.ingest import migration_keys, read_state
-from ferry.mirror import backfill
-from ferry.phases import events_key
-from ferry.seed import SeedRecord, produce_records
+from ferry.live.handover import StreamConsumer, group_offsets_key, hand_over_group, translate_group
+from ferry.live.phases import events_key
+from ferry.services.seed import SeedRecord, produce_records
 
 from .test_live import commit_group
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import redis
 
-from ferry import handover
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
 from ferry.errors import HandoverError
-from ferry.handover import group_offsets_key, translate_group
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.seed import SeedRecord
+from ferry.live import handover
+from ferry.live.handover import group_offsets_key, translate_group
+from ferry.services.seed import SeedRecord
 
 from .test_live import commit_group
 

@@ -8,9 +8,9 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from ferry.handover import StreamConsumer, translate_group
-from ferry.mirror import backfill
-from ferry.seed import SeedRecord
+from ferry.core.mirror import backfill
+from ferry.live.handover import StreamConsumer, translate_group
+from ferry.services.seed import SeedRecord
 
 from .test_acl_roles import acl_user, as_user  # noqa: F401 - acl_user is a fixture
 
@@ -271,8 +271,8 @@ def test_the_demos_group_consumer_records_keys_and_skips_what_was_processed(
     """The reference consumer (group translated already: it reads Redis at once) records a
     processed key per entry with its XACK; an entry recorded before (processed by an earlier
     consumer that died before its XACK reached Redis) is skipped, not logged again."""
-    from ferry.group_consumer import run_group_consumer
-    from ferry.idempotency import processed_key
+    from ferry.live.group_consumer import run_group_consumer
+    from ferry.live.idempotency import processed_key
 
     stream = translated(make_stream, payments([f"pay_{i}" for i in range(6)]))
     tag = f"{{{stream.config.name}}}"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from ferry.entries import KafkaRecord, entry_id_ms
+from ferry.core.entries import KafkaRecord, entry_id_ms
+from ferry.core.ingest import Ingestor, MigrationKeys, arm_migration, read_state
 from ferry.errors import ForeignStreamError, IntegrityError, NotArmedError
-from ferry.ingest import Ingestor, MigrationKeys, arm_migration, read_state
 
 
 @pytest.fixture
@@ -108,8 +108,8 @@ def test_read_to_must_cover_the_batch(redis_client, keys):
 
 
 def test_a_different_topic_id_under_the_same_name_is_refused(redis_client, keys):
+    from ferry.core.ingest import ArmRequest
     from ferry.errors import TopicMismatchError
-    from ferry.ingest import ArmRequest
 
     def request(topic_id):
         return ArmRequest("topic", topic_id, "earliest", None, {0: 0}, {}, {})

@@ -20,9 +20,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from ferry.apache_kafka import Authorizer, SaslSsl
 from ferry.config import parse_config
-from ferry.kafka_fence import (
+from ferry.kafka.fence import (
     KafkaFence,
     KafkaFenceUnavailable,
     KafkaFenceWouldCutReaders,
@@ -31,8 +30,9 @@ from ferry.kafka_fence import (
     matching_filter,
     read_topic_fence,
 )
-from ferry.seed import create_topic
-from ferry.services import _terminate, free_port
+from ferry.services.apache_kafka import Authorizer, SaslSsl
+from ferry.services.seed import create_topic
+from ferry.services.servers import _terminate, free_port
 
 from .certs import make_ca, make_server_keystore
 from .helpers import start_authorizing_kafka

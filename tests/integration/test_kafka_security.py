@@ -9,13 +9,13 @@ import secrets
 
 import pytest
 
-from ferry.apache_kafka import SaslSsl
 from ferry.config import parse_config
-from ferry.dualwriter import DualWriter
-from ferry.mirror import backfill
-from ferry.seed import SeedRecord, create_topic, produce_records
-from ferry.services import _terminate, free_port, start_apache_kafka
-from ferry.validate import validate_stream
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.live.dualwriter import DualWriter
+from ferry.services.apache_kafka import SaslSsl
+from ferry.services.seed import SeedRecord, create_topic, produce_records
+from ferry.services.servers import _terminate, free_port, start_apache_kafka
 
 from .certs import make_ca, make_server_keystore
 from .helpers import backfill_cli_error, by_partition, read_kafka_raw, read_redis_records

@@ -13,13 +13,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from ferry.cutover import mirror_lag
+from ferry.core.ingest import ArmRequest, arm_migration, migration_keys, read_state
+from ferry.core.mirror import backfill
+from ferry.core.positions import first_offset_at_or_after
+from ferry.core.validate import validate_stream
 from ferry.errors import ConfigError, OffsetRangeError, TopicMismatchError
-from ferry.ingest import ArmRequest, arm_migration, migration_keys, read_state
-from ferry.mirror import backfill
-from ferry.positions import first_offset_at_or_after
-from ferry.seed import SeedRecord, create_topic, produce_records
-from ferry.validate import validate_stream
+from ferry.live.cutover import mirror_lag
+from ferry.services.seed import SeedRecord, create_topic, produce_records
 
 from .helpers import Mirror, by_partition, ferry_cli, read_kafka_raw, read_redis_records
 

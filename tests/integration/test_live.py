@@ -6,11 +6,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import ferry
-from ferry.cutover import CutoverAborted, PauseBoundExceeded, mirror_lag, run_cutover
-from ferry.entries import KafkaRecord
-from ferry.ingest import migration_keys, read_state
-from ferry.mirror import backfill
-from ferry.phases import (
+from ferry.core.entries import KafkaRecord
+from ferry.core.ingest import migration_keys, read_state
+from ferry.core.mirror import backfill
+from ferry.core.reconcile import kafka_identity, record_identity
+from ferry.core.validate import validate_stream
+from ferry.live.cutover import CutoverAborted, PauseBoundExceeded, mirror_lag, run_cutover
+from ferry.live.phases import (
     DRAINING,
     DUAL_WRITE,
     KAFKA_ONLY,
@@ -26,9 +28,7 @@ from ferry.phases import (
     start_draining,
     start_dual_write,
 )
-from ferry.reconcile import kafka_identity, record_identity
-from ferry.seed import payment_events
-from ferry.validate import validate_stream
+from ferry.services.seed import payment_events
 
 from .helpers import Mirror, by_partition, ferry_cli, read_redis_records, wait_until
 
@@ -91,14 +91,14 @@ def test_mirror_starting_while_a_writer_lands_records_is_not_refused(
 ):
     """A mirror (re)starting in dual-write looks at Kafka's ends while writers move positions
     on: whatever it reads in between must not look like positions beyond Kafka's end."""
-    import ferry.mirror
+    import ferry.core.mirror
 
     stream = make_stream(list(payment_events(300, 2)), partitions=2)
     keys = migration_keys(stream.config)
     backfill(stream.config, progress=False)
     start_dual_write(redis_client, keys, "test")
     writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
-    opened = ferry.mirror.open_source
+    opened = ferry.core.mirror.open_source
 
     def open_source_racing_a_writer(*args, **kwargs):
         source = opened(*args, **kwargs)
@@ -114,7 +114,7 @@ def test_mirror_starting_while_a_writer_lands_records_is_not_refused(
         source.describe_topic = describe_then_write
         return source
 
-    monkeypatch.setattr(ferry.mirror, "open_source", open_source_racing_a_writer)
+    monkeypatch.setattr(ferry.core.mirror, "open_source", open_source_racing_a_writer)
     try:
         summary = backfill(stream.config, progress=False)
     finally:
@@ -272,7 +272,7 @@ def commit_group(bootstrap: str, topic: str, group: str, offsets: dict[int, int]
 
 
 def test_group_hand_over_is_exactly_once(make_stream, redis_client):
-    from ferry.handover import StreamConsumer, translate_group
+    from ferry.live.handover import StreamConsumer, translate_group
 
     stream = make_stream(list(payment_events(1500, 3)), partitions=3)
     backfill(stream.config, progress=False)
@@ -302,7 +302,7 @@ def test_group_hand_over_is_exactly_once(make_stream, redis_client):
 
 
 def test_failing_entry_is_claimed_retried_then_dead_lettered(make_stream, redis_client):
-    from ferry.handover import StreamConsumer, translate_group
+    from ferry.live.handover import StreamConsumer, translate_group
 
     stream = make_stream(list(payment_events(10, 1)), partitions=1)
     backfill(stream.config, progress=False)
@@ -348,8 +348,8 @@ def test_follow_mirror_process_exposes_lag_and_survives_kill_9(make_stream, redi
     import signal
     import subprocess
 
-    from ferry.seed import produce_records
-    from ferry.services import free_port
+    from ferry.services.seed import produce_records
+    from ferry.services.servers import free_port
 
     stream = make_stream(list(payment_events(3000, 2)), partitions=2)
     config_file = stream.write_config(tmp_path / "s.yaml")
@@ -402,7 +402,7 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
     sees every record once across Kafka and Redis."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from ferry.handover import StreamConsumer, translate_group
+    from ferry.live.handover import StreamConsumer, translate_group
 
     stream = make_stream(list(payment_events(3000, 3)), partitions=3)
     keys = migration_keys(stream.config)
@@ -491,7 +491,7 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
     assert writer.counts.written_redis_first > 1000 and not writer.failed
 
     # independent check of every record: Kafka (raw read, shadows included) vs Redis
-    from ferry.reconcile import reconcile
+    from ferry.core.reconcile import reconcile
 
     from .helpers import read_kafka_raw
 
@@ -520,8 +520,8 @@ def test_live_migration_scenario_is_exact_for_writers_and_consumers(make_stream,
 
 
 def test_rollback_plan_then_act_and_writers_follow(make_stream, redis_client):
-    from ferry.phases import KAFKA_ONLY, REDIS_ONLY, complete_cutover, finish_migration
-    from ferry.rollback import plan_rollback, roll_back
+    from ferry.live.phases import KAFKA_ONLY, REDIS_ONLY, complete_cutover, finish_migration
+    from ferry.live.rollback import plan_rollback, roll_back
 
     stream = make_stream(list(payment_events(100, 1)), partitions=1)
     keys = migration_keys(stream.config)
@@ -553,7 +553,7 @@ def test_rollback_plan_then_act_and_writers_follow(make_stream, redis_client):
 
 
 def test_rollback_step_runs_on_demand(make_stream, redis_client, tmp_path):
-    from ferry.runner import run_runbook
+    from ferry.runbook.runner import run_runbook
 
     stream = make_stream(list(payment_events(100, 1)), partitions=1)
     keys = migration_keys(stream.config)

@@ -6,15 +6,15 @@ import threading
 import time
 
 import ferry
-from ferry.ack_log import account, may_be_somewhere, order_violations, parse_tag, tag
-from ferry.cutover import run_cutover
-from ferry.delivery import WriterFenced
-from ferry.dualwriter import WriterHoldTimeout
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.phases import DUAL_WRITE, REDIS_PRIMARY, start_dual_write
-from ferry.rollback import plan_rollback, roll_back
-from ferry.seed import payment_events
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.live.ack_log import account, may_be_somewhere, order_violations, parse_tag, tag
+from ferry.live.cutover import run_cutover
+from ferry.live.delivery import WriterFenced
+from ferry.live.dualwriter import WriterHoldTimeout
+from ferry.live.phases import DUAL_WRITE, REDIS_PRIMARY, start_dual_write
+from ferry.live.rollback import plan_rollback, roll_back
+from ferry.services.seed import payment_events
 
 from .helpers import Mirror, read_kafka_raw, read_redis_records, wait_for_mirror, wait_until
 

@@ -4,11 +4,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ferry.entries import entry_id_ms
-from ferry.ingest import migration_keys, read_state
-from ferry.mirror import backfill
-from ferry.seed import BASE_TS_MS, SeedRecord, awkward_records, payment_events
-from ferry.validate import validate_stream
+from ferry.core.entries import entry_id_ms
+from ferry.core.ingest import migration_keys, read_state
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.services.seed import BASE_TS_MS, SeedRecord, awkward_records, payment_events
 
 from .helpers import by_partition, expected_records, read_kafka_raw, read_redis_records
 
@@ -65,7 +65,7 @@ def test_finished_backfill_writes_nothing_again(make_stream, redis_client):
 
 
 def test_backfill_continues_with_new_records(make_stream, redis_client):
-    from ferry.seed import produce_records
+    from ferry.services.seed import produce_records
 
     stream = make_stream(list(payment_events(1000, 2)), partitions=2)
     backfill(stream.config, progress=False)
@@ -112,7 +112,7 @@ def test_start_by_timestamp_is_exact(make_stream, redis_client):
 def test_partition_ends_come_from_fetches_not_list_offsets(make_stream, client):
     # many records per producer batch: Tansu's ListOffsets(latest) answers the last batch's
     # base offset + 1, which would hide up to a batch per partition
-    from ferry.kafka_source import open_source
+    from ferry.kafka.source import open_source
 
     stream = make_stream(list(payment_events(4000, 3)), partitions=3, client=client)
     expected = expected_records(stream.records)
@@ -128,7 +128,7 @@ def test_partition_ends_come_from_fetches_not_list_offsets(make_stream, client):
 def test_follow_tails_new_records_until_stopped(make_stream, redis_client):
     import threading
 
-    from ferry.seed import produce_records
+    from ferry.services.seed import produce_records
 
     stream = make_stream(list(payment_events(500, 2)), partitions=2)
     stop = threading.Event()

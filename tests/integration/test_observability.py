@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from ferry.seed import payment_events
-from ferry.services import free_port
+from ferry.services.seed import payment_events
+from ferry.services.servers import free_port
 
 from .helpers import ferry_cli, wait_until
 
@@ -69,7 +69,7 @@ def test_metrics_of_a_running_mirror_show_freshness_and_stale_lag(
 
     import yaml
 
-    from ferry.seed import produce_records
+    from ferry.services.seed import produce_records
 
     from .test_redis_faults import frontier_total, on_own_redis, seed
 
@@ -118,7 +118,7 @@ def test_metrics_of_a_running_mirror_show_freshness_and_stale_lag(
 def test_mirror_status_and_stop_of_a_real_follow_mirror(make_stream, tmp_path):
     import json
 
-    from ferry.follower import MIRROR_NOT_LIVE
+    from ferry.core.follower import MIRROR_NOT_LIVE
 
     stream = make_stream(list(payment_events(300, 2)), partitions=2)
     path = stream.write_config(tmp_path / "s.yaml")

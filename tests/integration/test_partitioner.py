@@ -9,13 +9,13 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 import ferry
-from ferry.cutover import run_cutover
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.partitioner import DEFAULT_PARTITIONER, PARTITIONERS, is_keyed, partition_for
-from ferry.phases import REDIS_PRIMARY, start_dual_write
-from ferry.seed import payment_events
-from ferry.validate import validate_stream
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.kafka.partitioner import DEFAULT_PARTITIONER, PARTITIONERS, is_keyed, partition_for
+from ferry.live.cutover import run_cutover
+from ferry.live.phases import REDIS_PRIMARY, start_dual_write
+from ferry.services.seed import payment_events
 
 from .helpers import Mirror, read_kafka_raw, read_redis_records, wait_until
 from .test_primary import check_both_sides, wait_for_no_lag

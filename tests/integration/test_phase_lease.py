@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from ferry.cutover import lease_for
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.phases import (
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.live.cutover import lease_for
+from ferry.live.phases import (
     DRAINING,
     DUAL_WRITE,
     REDIS_PRIMARY,
@@ -29,7 +29,7 @@ from ferry.phases import (
     start_draining,
     start_dual_write,
 )
-from ferry.seed import payment_events
+from ferry.services.seed import payment_events
 
 from .helpers import ferry_cli, wait_until
 
@@ -203,7 +203,7 @@ def test_phase_set_moves_only_the_ungated_ways_unless_forced(make_stream, redis_
 def test_any_failure_while_draining_goes_back_to_dual_write(
     make_stream, redis_client, monkeypatch, failure
 ):
-    from ferry import cutover
+    from ferry.live import cutover
 
     stream = make_stream(list(payment_events(20, 1)), partitions=1)
     keys = migration_keys(stream.config)

@@ -4,16 +4,16 @@ ways back (a rollback while writers keep sending)."""
 import pytest
 
 import ferry
-from ferry.cutover import mirror_lag, run_cutover
-from ferry.entries import SHADOW_HEADER
+from ferry.core.entries import SHADOW_HEADER
+from ferry.core.ingest import migration_keys, read_state
+from ferry.core.mirror import backfill
+from ferry.core.reconcile import reconcile
+from ferry.core.validate import validate_stream
 from ferry.errors import IntegrityError
-from ferry.ingest import migration_keys, read_state
-from ferry.mirror import backfill
-from ferry.phases import DUAL_WRITE, REDIS_ONLY, finish_migration, start_dual_write
-from ferry.reconcile import reconcile
-from ferry.rollback import plan_rollback, roll_back
-from ferry.seed import payment_events
-from ferry.validate import validate_stream
+from ferry.live.cutover import mirror_lag, run_cutover
+from ferry.live.phases import DUAL_WRITE, REDIS_ONLY, finish_migration, start_dual_write
+from ferry.live.rollback import plan_rollback, roll_back
+from ferry.services.seed import payment_events
 
 from .helpers import Mirror, read_kafka_raw, read_redis_records, wait_until
 

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from ferry.config import parse_config
-from ferry.seed import produce_records
-from ferry.services import _spawn, _wait_ready, free_port, probe_redis
+from ferry.services.seed import produce_records
+from ferry.services.servers import _spawn, _wait_ready, free_port, probe_redis
 
 from .helpers import Mirror, wait_until
 from .test_redis_faults import assert_exact, frontier_total, seed
@@ -114,9 +114,9 @@ def test_a_phase_change_waits_for_the_replicas(make_stream, sentinel_set):
     import os
     import signal
 
+    from ferry.core.ingest import migration_keys
     from ferry.errors import ReplicationError
-    from ferry.ingest import migration_keys
-    from ferry.phases import DRAINING, DUAL_WRITE, read_phase, set_phase
+    from ferry.live.phases import DRAINING, DUAL_WRITE, read_phase, set_phase
 
     stream = make_stream(seed(10, 1), partitions=1)
     keys = migration_keys(stream.config)
@@ -148,9 +148,9 @@ def sentinel_config(stream, sentinel_set):
 
 
 def test_dual_write_traffic_rides_a_failover_and_ends_exact(make_stream, sentinel_set, services):
-    from ferry.ingest import migration_keys
-    from ferry.mirror import backfill
-    from ferry.phases import start_dual_write
+    from ferry.core.ingest import migration_keys
+    from ferry.core.mirror import backfill
+    from ferry.live.phases import start_dual_write
 
     stream = make_stream(seed(500, 2), partitions=2)
     config = sentinel_config(stream, sentinel_set)
@@ -171,7 +171,7 @@ def _traffic_through_a_failover(config, sentinel_set) -> tuple[int, int]:
     replica; returns the new primary's port and how many records were sent."""
     import threading
 
-    from ferry.dualwriter import DualWriter
+    from ferry.live.dualwriter import DualWriter
 
     writer = DualWriter(config, poll_interval_s=0.05)
     stop = threading.Event()

@@ -16,10 +16,10 @@ import redis
 import yaml
 
 from ferry.config import parse_config
-from ferry.mirror import backfill
-from ferry.seed import SeedRecord, produce_records
-from ferry.services import free_port
-from ferry.validate import validate_stream
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.services.seed import SeedRecord, produce_records
+from ferry.services.servers import free_port
 
 from .helpers import (
     Mirror,
@@ -56,7 +56,7 @@ def assert_exact(config, client: redis.Redis, bootstrap: str, partitions: int) -
 
 
 def frontier_total(client: redis.Redis, config) -> int:
-    from ferry.ingest import migration_keys, read_state
+    from ferry.core.ingest import migration_keys, read_state
 
     try:
         return sum(f + 1 for f in read_state(client, migration_keys(config))[1].values())
@@ -222,8 +222,8 @@ def test_an_aof_cut_inside_a_batch_stays_exact_over_two_restarts(make_stream, ow
 
 
 def test_entries_beyond_the_frontier_refuse_a_resume(make_stream, redis_client):
+    from ferry.core.ingest import migration_keys
     from ferry.errors import IntegrityError
-    from ferry.ingest import migration_keys
 
     stream = make_stream(seed(300, 3), partitions=3)
     backfill(stream.config, progress=False)

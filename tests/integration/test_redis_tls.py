@@ -9,11 +9,11 @@ import pytest
 import redis
 
 from ferry.config import parse_config
+from ferry.core.mirror import backfill
 from ferry.errors import ServiceError
-from ferry.mirror import backfill
-from ferry.preflight import run_preflight
-from ferry.seed import SeedRecord
-from ferry.services import _spawn, _wait_ready, free_port
+from ferry.runbook.preflight import run_preflight
+from ferry.services.seed import SeedRecord
+from ferry.services.servers import _spawn, _wait_ready, free_port
 
 from .certs import make_ca, write_pair
 from .helpers import backfill_cli_error, by_partition, read_kafka_raw, read_redis_records

@@ -8,18 +8,18 @@ import pytest
 import yaml
 
 from ferry.config import TrimPolicy
-from ferry.handover import StreamConsumer, translate_group
-from ferry.keda import (
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.live.handover import StreamConsumer, translate_group
+from ferry.redis.retention import read_trimmed, trim_stream
+from ferry.runbook.keda import (
     fetch_keda_crds,
     handed_over_groups,
     render_scaled_object,
     triggered_groups,
     validate_keda_objects,
 )
-from ferry.mirror import backfill
-from ferry.retention import read_trimmed, trim_stream
-from ferry.seed import BASE_TS_MS, SeedRecord, payment_events
-from ferry.validate import validate_stream
+from ferry.services.seed import BASE_TS_MS, SeedRecord, payment_events
 
 from .helpers import expected_records, read_redis_records
 
@@ -87,7 +87,7 @@ def test_keda_triggers_follow_the_groups_handed_over(make_stream, redis_client):
 
 
 def test_step_06_renders_and_gates_the_keda_objects(make_stream, redis_client, tmp_path):
-    from ferry.runner import run_runbook
+    from ferry.runbook.runner import run_runbook
 
     stream = make_stream(list(payment_events(200, 2)), partitions=2)
     backfill(stream.config, progress=False)
@@ -225,7 +225,7 @@ def test_a_far_future_timestamp_does_not_pin_later_ids(make_stream, redis_client
 
 
 def test_redis_first_writes_bound_ids_by_copy_time_too(redis_client):
-    from ferry.ingest import MigrationKeys, _script, arm_migration
+    from ferry.core.ingest import MigrationKeys, _script, arm_migration
 
     keys = MigrationKeys("{primary-skew}", "{primary-skew}:stream", "merged")
     try:

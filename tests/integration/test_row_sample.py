@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from ferry.entries import FIELDS, record_args
-from ferry.mirror import backfill
-from ferry.row_sample import sample_rows
-from ferry.seed import SeedRecord, payment_events
+from ferry.core.entries import FIELDS, record_args
+from ferry.core.mirror import backfill
+from ferry.core.row_sample import sample_rows
+from ferry.services.seed import SeedRecord, payment_events
 
 from .helpers import read_redis_records
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ferry.audit import verify_archive
-from ferry.seed import payment_events
+from ferry.runbook.audit import verify_archive
+from ferry.services.seed import payment_events
 
 from .helpers import ferry_cli, wait_until
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ferry.acl import ROLES
-from ferry.audit import verify_archive
 from ferry.config import load_config
-from ferry.follower import stop_follower
-from ferry.ingest import migration_keys
-from ferry.runner import run_runbook
-from ferry.seed import awkward_records, create_topic, payment_events, produce_records
-from ferry.traffic import generate_traffic
+from ferry.core.follower import stop_follower
+from ferry.core.ingest import migration_keys
+from ferry.redis.acl import ROLES
+from ferry.runbook.audit import verify_archive
+from ferry.runbook.runner import run_runbook
+from ferry.services.seed import awkward_records, create_topic, payment_events, produce_records
+from ferry.services.traffic import generate_traffic
 
 from .chromium import OFFLINE_FLAGS
 from .helpers import ferry_cli
@@ -211,10 +211,10 @@ def test_archived_html_shows_its_charts_in_headless_chromium(runbook_stream, tmp
 def test_a_rebuilt_archive_is_caught_by_its_anchor(runbook_stream, tmp_path, monkeypatch):
     import json
 
-    from ferry.audit import build_manifest
-    from ferry.audit_anchor import generate_key_pair
-    from ferry.phases import log_event
-    from ferry.redis_target import connect_redis
+    from ferry.live.phases import log_event
+    from ferry.redis.target import connect_redis
+    from ferry.runbook.audit import build_manifest
+    from ferry.runbook.audit_anchor import generate_key_pair
 
     config, _ = runbook_stream
     private, public = generate_key_pair(tmp_path)

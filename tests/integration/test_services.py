@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from ferry.errors import ServiceError
-from ferry.services import find_redis_binary, probe_kafka, probe_redis
+from ferry.services.servers import find_redis_binary, probe_kafka, probe_redis
 
 from .helpers import ferry_cli
 

@@ -4,10 +4,10 @@ import json
 import os
 import subprocess
 
-from ferry.entries import FIELDS, record_args
-from ferry.mirror import backfill
-from ferry.seed import payment_events
-from ferry.validate import validate_stream
+from ferry.core.entries import FIELDS, record_args
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.services.seed import payment_events
 
 from .helpers import ferry_cli, read_redis_records
 

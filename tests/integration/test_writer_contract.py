@@ -14,8 +14,11 @@ import pytest
 
 import ferry
 from ferry.config import parse_config
-from ferry.cutover import mirror_lag, run_cutover
-from ferry.delivery import (
+from ferry.core.entries import SHADOW_HEADER
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.live.cutover import mirror_lag, run_cutover
+from ferry.live.delivery import (
     DeliveryFailed,
     RecordTooLarge,
     RedisWriteFailed,
@@ -23,10 +26,7 @@ from ferry.delivery import (
     WriterClosed,
     WriterFenced,
 )
-from ferry.entries import SHADOW_HEADER
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.phases import (
+from ferry.live.phases import (
     DRAINING,
     DUAL_WRITE,
     REDIS_ONLY,
@@ -225,7 +225,9 @@ def test_a_lost_reply_after_the_redis_first_write_is_not_a_double(make_stream, o
     _, direct = on_own_redis(stream, own_redis)
     client = own_redis.client()
     to_redis_primary(direct, client)
-    sha = hashlib.sha1(resources.files("ferry").joinpath("primary.lua").read_bytes()).hexdigest()
+    sha = hashlib.sha1(
+        resources.files("ferry").joinpath("lua", "primary.lua").read_bytes()
+    ).hexdigest()
     proxy = ReplyDropper(own_redis.port, sha.encode())
     config = parse_config(
         {**stream.doc, "redis": {"url": f"redis://127.0.0.1:{proxy.port}/0"}}, "<proxy>"

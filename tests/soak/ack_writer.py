@@ -1,6 +1,6 @@
-"""A writer process for the soak: a DualWriter sending tagged values (``ferry.ack_log.tag``)
+"""A writer process for the soak: a DualWriter sending tagged values (``ferry.live.ack_log.tag``)
 at a steady rate, logging every attempt before ``send()`` and every fate as it is known
-(``ferry.ack_log.AckLog``), until SIGTERM (then ``close()``) or SIGKILL.
+(``ferry.live.ack_log.AckLog``), until SIGTERM (then ``close()``) or SIGKILL.
 
     python tests/soak/ack_writer.py STREAM.yaml WRITER_ID LOG_FILE RATE
 """
@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 
-from ferry.ack_log import AckLog, tag
 from ferry.config import load_config
-from ferry.delivery import WriterClosed, WriterFenced
-from ferry.dualwriter import DualWriter, WriterHoldTimeout
+from ferry.live.ack_log import AckLog, tag
+from ferry.live.delivery import WriterClosed, WriterFenced
+from ferry.live.dualwriter import DualWriter, WriterHoldTimeout
 
 KEYS = 24  # keys cycled over: every partition gets records of every writer
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from ferry.ack_log import account, order_violations, parse_tag, read_ack_logs
-from ferry.cutover import cutover_gates
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.phases import DRAINING, DUAL_WRITE, REDIS_PRIMARY, read_phase, start_dual_write
-from ferry.rollback import plan_rollback, roll_back
-from ferry.seed import payment_events
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.live.ack_log import account, order_violations, parse_tag, read_ack_logs
+from ferry.live.cutover import cutover_gates
+from ferry.live.phases import DRAINING, DUAL_WRITE, REDIS_PRIMARY, read_phase, start_dual_write
+from ferry.live.rollback import plan_rollback, roll_back
+from ferry.services.seed import payment_events
 
 from ..integration.helpers import (
     ferry_cli,

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from ferry.ingest import migration_keys
-from ferry.mirror import backfill
-from ferry.phases import start_dual_write
-from ferry.seed import payment_events
-from ferry.validate import validate_stream
+from ferry.core.ingest import migration_keys
+from ferry.core.mirror import backfill
+from ferry.core.validate import validate_stream
+from ferry.live.phases import start_dual_write
+from ferry.services.seed import payment_events
 
 from ..integration.helpers import (
     by_partition,
@@ -82,7 +82,7 @@ def test_kill_9_mirror_and_writer_during_live_traffic(make_stream, redis_client,
 
 @pytest.mark.soak
 def test_kill_9_consumer_after_hand_over_is_exact(make_stream, redis_client, tmp_path):
-    from ferry.handover import translate_group
+    from ferry.live.handover import translate_group
 
     stream = make_stream(list(payment_events(20_000, 4)), partitions=4)
     config_file = stream.write_config(tmp_path / "s.yaml")
@@ -98,7 +98,7 @@ def test_kill_9_consumer_after_hand_over_is_exact(make_stream, redis_client, tmp
         "consumer": [
             sys.executable,
             "-m",
-            "ferry.tools_consume",
+            "ferry.services.tools_consume",
             str(config_file),
             "billing",
             "c1",

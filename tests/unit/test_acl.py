@@ -2,8 +2,8 @@
 
 import pytest
 
-from ferry.acl import ROLES, setuser_line
 from ferry.errors import ConfigError
+from ferry.redis.acl import ROLES, setuser_line
 
 
 def test_a_line_grants_only_the_roles_commands_on_the_migrations_keys():

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from ferry.apache_kafka import KafkaListeners, SaslSsl, broker_properties, resolve_version
 from ferry.errors import ServiceError
-from ferry.services import kafka_choice
+from ferry.services.apache_kafka import KafkaListeners, SaslSsl, broker_properties, resolve_version
+from ferry.services.servers import kafka_choice
 
 
 def props(text: str) -> dict[str, str]:
@@ -53,7 +53,7 @@ def test_sasl_ssl_listener_beside_plaintext(tmp_path):
 
 
 def test_cluster_ids_never_look_like_an_option():
-    from ferry.apache_kafka import _cluster_id
+    from ferry.services.apache_kafka import _cluster_id
 
     ids = [_cluster_id() for _ in range(2000)]  # ~31 of 2000 would start with '-' unchecked
     assert all(i[0].isalnum() and len(i) == 22 for i in ids)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ferry.audit import build_manifest, verify_archive
+from ferry.runbook.audit import build_manifest, verify_archive
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_rehashed_file_breaks_the_chain(archive):
     path = archive / "manifest.json"
     (archive / "00-capacity-sizing.ipynb").write_text('{"cells": [1]}')
     manifest = json.loads(path.read_text())
-    from ferry.audit import sha256_file
+    from ferry.runbook.audit import sha256_file
 
     entry = next(e for e in manifest["artifacts"] if e["path"] == "00-capacity-sizing.ipynb")
     entry["sha256"] = sha256_file(archive / "00-capacity-sizing.ipynb")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.audit_anchor import Anchor, check_anchor, generate_key_pair, make_anchor
 from ferry.errors import ConfigError
+from ferry.runbook.audit_anchor import Anchor, check_anchor, generate_key_pair, make_anchor
 
 HEAD = "ab" * 32
 

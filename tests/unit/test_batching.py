@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.batching import MAX_BATCH_BYTES, ServerLimits, record_size, split_batches
-from ferry.entries import KafkaRecord
+from ferry.core.batching import MAX_BATCH_BYTES, ServerLimits, record_size, split_batches
+from ferry.core.entries import KafkaRecord
 from ferry.errors import RecordTooLargeError
 
 MB = 1024 * 1024

@@ -14,7 +14,7 @@ import yaml
 
 from ferry import cli
 from ferry.cli import build_parser, main
-from ferry.services import free_port
+from ferry.services.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def test_each_error_class_has_its_status():
     from ferry import errors
     from ferry.exitcodes import ExitCode, exit_code_for
     from ferry.extras import MissingExtra
-    from ferry.handover import HandoverError
+    from ferry.live.handover import HandoverError
 
     expect = {
         errors.ConfigError("x"): ExitCode.CONFIG,
@@ -205,7 +205,7 @@ def test_a_parameter_of_a_step_outside_the_run_is_refused(capsys):
 
 
 def test_parameters_go_to_the_steps_that_declare_them(monkeypatch, capsys):
-    from ferry import runner
+    from ferry.runbook import runner
 
     seen = {}
 
@@ -220,7 +220,7 @@ def test_parameters_go_to_the_steps_that_declare_them(monkeypatch, capsys):
 
 
 def test_demo_takes_a_rate(monkeypatch):
-    from ferry import demo
+    from ferry.services import demo
 
     seen = {}
     monkeypatch.setattr(demo, "run_demo", lambda **kw: seen.update(kw) or 0)

@@ -222,7 +222,7 @@ def test_bad_sentinel_settings_name_the_field(redis_doc, words):
 def test_keda_follows_sentinel_too():
     import yaml
 
-    from ferry.keda import render_scaled_object
+    from ferry.runbook.keda import render_scaled_object
 
     config = parse_config(
         doc(redis={"sentinel": {"addresses": ["s1:26379", "s2:26379"], "service": "pay"}}),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bs4 import BeautifulSoup
 
-from ferry.datadocs import find_network_references, make_data_docs_offline
+from ferry.runbook.datadocs import find_network_references, make_data_docs_offline
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
-from ferry.dualwriter import consecutive_runs
-from ferry.entries import KafkaRecord
+from ferry.core.entries import KafkaRecord
+from ferry.live.dualwriter import consecutive_runs
 
 
 def item(p, o):

@@ -1,6 +1,6 @@
 import pytest
 
-from ferry.entries import (
+from ferry.core.entries import (
     FIELDS,
     KafkaRecord,
     decode_headers,

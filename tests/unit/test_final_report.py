@@ -2,7 +2,7 @@
 
 import json
 
-from ferry.notebook import final_report
+from ferry.runbook.notebook import final_report
 
 
 def write(folder, name, data):

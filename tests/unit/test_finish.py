@@ -3,7 +3,7 @@
 from ferry.cli import build_parser
 from ferry.errors import GateFailed
 from ferry.exitcodes import ExitCode, exit_code_for
-from ferry.finish import FinishRefused
+from ferry.live.finish import FinishRefused
 
 
 def test_finish_refused_is_a_failed_gate():

@@ -12,7 +12,7 @@ import yaml
 from ferry.cli import main
 from ferry.errors import UsageError
 from ferry.exitcodes import ExitCode
-from ferry.fleet import (
+from ferry.runbook.fleet import (
     StreamFile,
     StreamOutcome,
     build_child_command,
@@ -23,7 +23,7 @@ from ferry.fleet import (
     plan_fleet,
     read_outcome,
 )
-from ferry.runbook import load_steps
+from ferry.runbook.plan import load_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
-from ferry.entries import KafkaRecord
-from ferry.handover import plan_translation
+from ferry.core.entries import KafkaRecord
+from ferry.live.handover import plan_translation
 
 
 def entries(*pairs):
@@ -33,7 +33,7 @@ def test_empty_stream():
 
 
 def test_committed_partitions_keep_their_offsets_and_the_rest_follow_latest():
-    from ferry.handover import resolve_offsets
+    from ferry.live.handover import resolve_offsets
 
     offsets, reset_offsets, gaps = resolve_offsets(
         "g", {0: 7}, starts={0: 0, 1: 5, 2: 0}, positions={0: 9, 1: 12, 2: 0}, reset="latest"
@@ -43,7 +43,7 @@ def test_committed_partitions_keep_their_offsets_and_the_rest_follow_latest():
 
 
 def test_earliest_starts_a_partition_never_committed_at_its_start():
-    from ferry.handover import resolve_offsets
+    from ferry.live.handover import resolve_offsets
 
     offsets, reset_offsets, _ = resolve_offsets(
         "g", {0: 7}, starts={0: 0, 1: 5}, positions={0: 9, 1: 12}, reset="earliest"
@@ -56,7 +56,7 @@ def test_a_commit_below_the_start_is_refused_with_partition_offset_start_and_cho
 
     from ferry.errors import GroupGapError, HandoverError
     from ferry.exitcodes import ExitCode, exit_code_for
-    from ferry.handover import resolve_offsets
+    from ferry.live.handover import resolve_offsets
 
     with pytest.raises(GroupGapError) as refused:
         resolve_offsets("g", {0: 3, 1: 5, 2: 1}, starts={0: 10, 1: 5, 2: 4}, positions={})
@@ -78,7 +78,7 @@ def test_an_unknown_reset_policy_is_a_usage_error():
     import pytest
 
     from ferry.errors import UsageError
-    from ferry.handover import resolve_offsets
+    from ferry.live.handover import resolve_offsets
 
     with pytest.raises(UsageError, match="latest.*earliest"):
         resolve_offsets("g", {}, starts={0: 0}, positions={0: 0}, reset="none")

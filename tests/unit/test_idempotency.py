@@ -3,8 +3,8 @@
 import pytest
 from redis.crc import key_slot
 
-from ferry.entries import REDIS_ORIGIN, KafkaRecord
-from ferry.idempotency import (
+from ferry.core.entries import REDIS_ORIGIN, KafkaRecord
+from ferry.live.idempotency import (
     DEFAULT_TTL_S,
     default_key,
     key_builder,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ferry.kafka_python import SASL_ANSWERED, SASL_SENT, _connect_failure
+from ferry.kafka.python_client import SASL_ANSWERED, SASL_SENT, _connect_failure
 
 TIMEOUT = TimeoutError("Unable to bootstrap from ['127.0.0.1:9093']")
 

@@ -14,10 +14,9 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from ferry.apache_kafka import Authorizer
 from ferry.config import parse_config
 from ferry.errors import KafkaError, KafkaUnreachableError
-from ferry.kafka_fence import (
+from ferry.kafka.fence import (
     KafkaFenceError,
     KafkaFenceNotAllowed,
     KafkaFenceUnavailable,
@@ -28,6 +27,7 @@ from ferry.kafka_fence import (
     plan_fence,
     same_acl,
 )
+from ferry.services.apache_kafka import Authorizer
 
 TOPIC = "orders"
 

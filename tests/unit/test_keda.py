@@ -6,7 +6,12 @@ import yaml
 
 from ferry.config import parse_config
 from ferry.errors import ConfigError, FerryError
-from ferry.keda import KedaError, render_scaled_object, triggered_groups, validate_keda_objects
+from ferry.runbook.keda import (
+    KedaError,
+    render_scaled_object,
+    triggered_groups,
+    validate_keda_objects,
+)
 
 
 def doc(**redis):
@@ -220,7 +225,7 @@ def test_keda_error_is_a_ferry_error():
 
 @pytest.fixture(scope="module")
 def crds():
-    from ferry.keda import fetch_keda_crds
+    from ferry.runbook.keda import fetch_keda_crds
 
     try:
         return fetch_keda_crds()

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ferry import lab, services
+from ferry.services import lab
+from ferry.services import servers as services
 
 from .test_runbook import ROOT
 
@@ -74,7 +75,7 @@ def test_services_already_running_are_left_running(fake_services, tmp_path):
 def test_sigterm_reaches_jupyterlab_and_lab_returns_once_it_has_gone():
     child = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
     parent = (
-        "import sys; from ferry.lab import run_foreground; "
+        "import sys; from ferry.services.lab import run_foreground; "
         f"sys.exit(run_foreground([sys.executable, '-c', {child!r}]))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}

@@ -39,7 +39,7 @@ def test_the_throttle_lets_one_line_per_facility_and_broker_through_per_interval
     clock.now += 61
     again = rdkafka_record("FAIL", fail)
     assert throttle.filter(again) and "193 more like it held back" in again.getMessage()
-    own = logging.LogRecord("ferry.mirror", logging.INFO, "", 0, "progress", (), None)
+    own = logging.LogRecord("ferry.core.mirror", logging.INFO, "", 0, "progress", (), None)
     assert all(throttle.filter(own) for _ in range(5))
 
 
@@ -47,8 +47,8 @@ def test_configure_logging_shows_ferry_info_and_throttled_clients(tmp_path):
     path = tmp_path / "ferry.log"
     configure_logging("INFO", file=path)
     try:
-        logging.getLogger("ferry.mirror").info("backfill x: started")
-        logging.getLogger("ferry.mirror").debug("hidden")
+        logging.getLogger("ferry.core.mirror").info("backfill x: started")
+        logging.getLogger("ferry.core.mirror").debug("hidden")
         for _ in range(50):
             logging.getLogger(LIBRDKAFKA).error(
                 "%s [%s] %s", "FAIL", "rdkafka#consumer-1", "h:1/bootstrap: Connect failed"
@@ -59,7 +59,7 @@ def test_configure_logging_shows_ferry_info_and_throttled_clients(tmp_path):
         reset_logging()
     lines = path.read_text().splitlines()
     assert len(lines) == 2, lines
-    assert "INFO ferry.mirror: backfill x: started" in lines[0] and "FAIL" in lines[1]
+    assert "INFO ferry.core.mirror: backfill x: started" in lines[0] and "FAIL" in lines[1]
     assert logging.getLogger("ferry").level == logging.NOTSET  # undone
 
 
@@ -69,12 +69,12 @@ def test_json_logs_are_one_object_a_line(tmp_path):
     path = tmp_path / "ferry.log"
     configure_logging("INFO", json=True, file=path)
     try:
-        logging.getLogger("ferry.cutover").info("draining %s", "payments")
+        logging.getLogger("ferry.live.cutover").info("draining %s", "payments")
     finally:
         reset_logging()
     (line,) = path.read_text().splitlines()
     doc = json.loads(line)
-    assert doc["message"] == "draining payments" and doc["logger"] == "ferry.cutover"
+    assert doc["message"] == "draining payments" and doc["logger"] == "ferry.live.cutover"
     assert doc["level"] == "INFO" and "time" in doc
 
 

@@ -1,9 +1,9 @@
 import pytest
 
-from ferry.entries import KafkaRecord
+from ferry.core.entries import KafkaRecord
+from ferry.core.mirror import GAP_RECHECK_S, GapChecks, check_resumable, take_contiguous
 from ferry.errors import IntegrityError, OffsetRangeError
-from ferry.kafka_source import TopicInfo
-from ferry.mirror import GAP_RECHECK_S, GapChecks, check_resumable, take_contiguous
+from ferry.kafka.source import TopicInfo
 
 
 def recs(*offsets):

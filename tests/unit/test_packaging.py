@@ -49,18 +49,18 @@ NOTEBOOK_DISTRIBUTIONS = {
 }
 CORE_MODULES = (
     "ferry",
-    "ferry.mirror",
-    "ferry.validate",
-    "ferry.dualwriter",
-    "ferry.handover",
-    "ferry.cutover",
-    "ferry.phases",
-    "ferry.traffic",
-    "ferry.group_consumer",
-    "ferry.acl",
-    "ferry.audit",
-    "ferry.audit_anchor",
-    "ferry.services",
+    "ferry.core.mirror",
+    "ferry.core.validate",
+    "ferry.live.dualwriter",
+    "ferry.live.handover",
+    "ferry.live.cutover",
+    "ferry.live.phases",
+    "ferry.services.traffic",
+    "ferry.live.group_consumer",
+    "ferry.redis.acl",
+    "ferry.runbook.audit",
+    "ferry.runbook.audit_anchor",
+    "ferry.services.servers",
     "ferry.cli",
 )
 CORE_VERBS = (
@@ -116,7 +116,7 @@ def test_the_core_imports_and_its_verbs_run_without_the_notebook_stack():
         for module in {CORE_MODULES!r}:
             __import__(module)
         import ferry.cli
-        assert ferry.DualWriter and ferry.handover.StreamConsumer
+        assert ferry.DualWriter and ferry.live.handover.StreamConsumer
         for verb in {CORE_VERBS!r}:
             out = io.StringIO()
             with contextlib.redirect_stdout(out):

@@ -11,7 +11,7 @@ import pytest
 
 from ferry.config import parse_config
 from ferry.errors import ConfigError
-from ferry.partitioner import (
+from ferry.kafka.partitioner import (
     DEFAULT_PARTITIONER,
     PARTITIONERS,
     is_keyed,

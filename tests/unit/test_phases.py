@@ -1,6 +1,6 @@
 import pytest
 
-from ferry.phases import PHASES, TRANSITIONS, IllegalTransition, WriterInfo, check_transition
+from ferry.live.phases import PHASES, TRANSITIONS, IllegalTransition, WriterInfo, check_transition
 
 
 def test_the_happy_path_is_legal_in_order():
@@ -39,7 +39,7 @@ def test_writer_liveness():
 def test_phase_set_makes_only_the_start_and_aborts_without_force():
     from ferry.errors import UsageError
     from ferry.exitcodes import ExitCode, exit_code_for
-    from ferry.phases import FORCE_RISKS, UngatedPhaseChange, check_manual_move
+    from ferry.live.phases import FORCE_RISKS, UngatedPhaseChange, check_manual_move
 
     assert check_manual_move("kafka-only", "dual-write", force=False) == ""
     assert check_manual_move("draining", "dual-write", force=False) == ""
@@ -55,7 +55,7 @@ def test_phase_set_makes_only_the_start_and_aborts_without_force():
 
 
 def test_the_draining_lease_outlasts_the_pause_bound():
-    from ferry.cutover import lease_for
+    from ferry.live.cutover import lease_for
 
     assert lease_for(1.0) == 3.0 and lease_for(3.0) == 6.0
     for bound in (0.1, 0.5, 1.0, 2.0, 5.0, 30.0):

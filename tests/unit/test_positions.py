@@ -2,10 +2,10 @@
 
 import pytest
 
-from ferry.broker import APACHE, TANSU, broker_traits
 from ferry.config import parse_start
+from ferry.core.positions import first_offset_at_or_after, start_timestamp
 from ferry.errors import ConfigError
-from ferry.positions import first_offset_at_or_after, start_timestamp
+from ferry.kafka.broker import APACHE, TANSU, broker_traits
 
 
 def running_max_answer(records, target):

@@ -1,7 +1,7 @@
 """The independent check: Kafka-origin records match by (partition, offset), shadows by ID."""
 
-from ferry.entries import REDIS_ORIGIN, SHADOW_HEADER, KafkaRecord, record_args
-from ferry.reconcile import reconcile
+from ferry.core.entries import REDIS_ORIGIN, SHADOW_HEADER, KafkaRecord, record_args
+from ferry.core.reconcile import reconcile
 
 
 def kafka(p, o, v, shadow=None):

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from ferry.errors import FerryError, RedisTargetError
-from ferry.redis_faults import (
+from ferry.redis.faults import (
     FaultState,
     describe_permanent,
     redact_url,
@@ -95,8 +95,8 @@ def failing(times: int, exc: Exception):
 
 
 def test_waits_out_a_transient_fault_and_logs_each_change_once(caplog, monkeypatch):
-    monkeypatch.setattr("ferry.redis_faults.BACKOFF_FIRST_S", 0.001)
-    monkeypatch.setattr("ferry.redis_faults.BACKOFF_MAX_S", 0.002)
+    monkeypatch.setattr("ferry.redis.faults.BACKOFF_FIRST_S", 0.001)
+    monkeypatch.setattr("ferry.redis.faults.BACKOFF_MAX_S", 0.002)
     caplog.set_level(logging.WARNING, logger="ferry.redis")
     call, calls = failing(4, redis.ConnectionError("refused"))
     state, seen = FaultState(), []
@@ -142,7 +142,7 @@ def test_cluster_replies_are_passing_faults_by_their_class():
     """redis-py drops the code word (TRYAGAIN, CLUSTERDOWN, MASTERDOWN) from the text."""
     import redis
 
-    from ferry.redis_faults import transient_cause
+    from ferry.redis.faults import transient_cause
 
     for exc in (
         redis.exceptions.TryAgainError("Multiple keys request during rehashing of slot"),

@@ -1,4 +1,4 @@
-from ferry.redis_target import ServerInfo, supports_stream_ids
+from ferry.redis.target import ServerInfo, supports_stream_ids
 
 
 def test_stream_id_support_by_server_version():

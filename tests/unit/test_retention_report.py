@@ -1,6 +1,6 @@
 """What a trim reports: removed, and which group held retention back (or was forced past)."""
 
-from ferry.retention import TrimResult
+from ferry.redis.retention import TrimResult
 
 
 def result(**kw):

@@ -1,7 +1,7 @@
 import random
 from collections import Counter
 
-from ferry.row_sample import draw_offsets
+from ferry.core.row_sample import draw_offsets
 
 
 def test_draws_distinct_offsets_inside_the_ranges():
@@ -27,8 +27,8 @@ def test_a_small_range_is_taken_whole():
 
 
 def test_a_row_has_exactly_the_published_columns():
-    from ferry.entries import KafkaRecord
-    from ferry.row_sample import COLUMNS, _row
+    from ferry.core.entries import KafkaRecord
+    from ferry.core.row_sample import COLUMNS, _row
 
     record = KafkaRecord(1, 5, 1000, None, b"v", (("h", b"x"),))
     assert tuple(_row(record, None)) == COLUMNS

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ferry.errors import ConfigError
-from ferry.runbook import Step, load_steps, plan_run, project_root
+from ferry.runbook.plan import Step, load_steps, plan_run, project_root
 
 ROOT = Path(__file__).resolve().parents[2]
 

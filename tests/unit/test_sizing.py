@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ferry.sizing import (
+from ferry.runbook.sizing import (
     GB,
     SizingInputs,
     memory_over_retention,

@@ -1,0 +1,696 @@
+"""Consumer hand-over: a Kafka group's committed offsets become a Redis consumer group, and
+``StreamConsumer`` reads it so that nothing the Kafka group consumed is delivered again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import redis
+import tenacity
+
+from ferry.config import StreamConfig
+from ferry.core.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record, shadow_of
+from ferry.core.ingest import MigrationKeys, _script, migration_keys, read_state
+from ferry.core.validate import read_kafka_range, scan_stream
+from ferry.errors import (
+    GroupGapError,
+    HandoverError,
+    KafkaError,
+    NoCommittedOffsetsError,
+    UsageError,
+)
+from ferry.kafka.source import open_source
+from ferry.live.idempotency import DEFAULT_TTL_S, KeyFunction, ProcessedKeys, log_duplicates
+from ferry.redis.target import connect_redis
+
+logger = logging.getLogger("ferry.live.handover")
+
+
+RESET_POLICIES = ("latest", "earliest")  # Kafka's auto.offset.reset; latest is its default
+
+
+@dataclass(frozen=True)
+class Translation:
+    group: str
+    stream: str
+    committed: dict[int, int]  # next offset the Kafka group would read, per partition
+    start_id: str  # the Redis group starts after this ID
+    entries_read: int  # entries before the first unconsumed one (so XINFO lag is right)
+    skipped_later: int  # entries after start_id the Kafka group had already consumed
+    reset: str = "latest"  # the policy of partitions the group never committed
+    # partitions never committed: the offset the group starts from there (latest: the
+    # partition's position at hand-over, so nothing already in the stream; earliest: its start)
+    reset_offsets: dict[int, int] = field(default_factory=dict)
+    # partitions committed below the migration's start, accepted: (committed, start)
+    gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def group_offsets_key(keys: MigrationKeys, group: str) -> str:
+    return f"{keys.tag}:ferry:group:{group}"
+
+
+def _coordinator_busy(exc: BaseException) -> bool:
+    from confluent_kafka import KafkaError as CKError
+    from confluent_kafka import KafkaException
+
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    code = exc.args[0].code()
+    return code in (
+        CKError.COORDINATOR_LOAD_IN_PROGRESS,
+        CKError.COORDINATOR_NOT_AVAILABLE,
+        CKError.NOT_COORDINATOR,
+    )
+
+
+def read_committed_offsets(config: StreamConfig, group: str) -> dict[int, int]:
+    """The Kafka group's committed offsets on the topic (partitions without one left out)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from ferry.kafka.confluent_client import client_settings
+    from ferry.kafka.source import open_source, resolve_bootstrap
+
+    source = open_source(config)
+    try:
+        partitions = source.describe_topic().partitions
+    finally:
+        source.close()
+    admin = AdminClient(client_settings(config.kafka, resolve_bootstrap(config.kafka)))
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(config.kafka.topic, p) for p in partitions]
+    )
+    ask = tenacity.Retrying(  # a coordinator still loading (a broker just started) answers soon
+        retry=tenacity.retry_if_exception(_coordinator_busy),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+        stop=tenacity.stop_after_delay(30),
+        reraise=True,
+    )
+    try:
+        result = ask(lambda: admin.list_consumer_group_offsets([request])[group].result(timeout=30))
+    except Exception as exc:  # noqa: BLE001
+        raise KafkaError(f"cannot read the committed offsets of group {group!r}: {exc}") from exc
+    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def plan_translation(
+    entries, committed: dict[int, int], consumed_ids: frozenset[str] = frozenset()
+) -> tuple[str, int, int]:
+    """Pure: from stream entries (id, record) in order, the start ID, ENTRIESREAD and how many
+    later entries the group had consumed. The start is just before the earliest entry the
+    Kafka group has not consumed, across partitions. ``consumed_ids``: entries written to
+    Redis first whose Kafka shadows the group consumed."""
+    previous_id = "0-0"
+    start_id, entries_read, index = None, 0, 0
+    skipped = 0
+    for index, (entry_id, record) in enumerate(entries):
+        consumed = _consumed(entry_id, record, committed, consumed_ids)
+        if start_id is None:
+            if consumed:
+                previous_id = entry_id
+                continue
+            start_id, entries_read = previous_id, index
+        elif consumed:
+            skipped += 1
+    if start_id is None:  # every entry consumed: start after the last one
+        start_id = previous_id
+        entries_read = index + 1 if previous_id != "0-0" else 0
+    return start_id, entries_read, skipped
+
+
+def _consumed(entry_id: str, record: KafkaRecord, committed: dict, consumed_ids) -> bool:
+    if record.offset == REDIS_ORIGIN:
+        return entry_id in consumed_ids
+    return record.offset < committed.get(record.partition, 0)
+
+
+def read_consumed_shadows(config: StreamConfig, committed: dict[int, int]) -> set[str]:
+    """The entries (written to Redis first) whose Kafka shadows the group has consumed: the
+    shadows between the cutover and the group's committed offsets, read from Kafka."""
+    client = connect_redis(config)
+    keys = migration_keys(config)
+    raw = client.hgetall(keys.state)
+    since = {int(k[13:]): int(v) for k, v in raw.items() if k.startswith(b"primary_from:")}
+    ranges = {p: (since[p], committed[p] - 1) for p in committed if p in since}
+    if not any(last >= first for first, last in ranges.values()):
+        return set()
+    source = open_source(config)
+    try:
+        return {
+            entry_id.decode()
+            for record in read_kafka_range(source, ranges)
+            if (entry_id := shadow_of(record)) is not None
+        }
+    finally:
+        source.close()
+
+
+def handover_record_key(keys: MigrationKeys, group: str) -> str:
+    """The record of a finished hand-over (a hash with ``done``; no ``translated`` marker, so
+    it is not taken for a group's offsets)."""
+    return f"{group_offsets_key(keys, group)}:handover"
+
+
+def check_reset(reset: str) -> str:
+    if reset not in RESET_POLICIES:
+        raise UsageError(
+            f"reset policy {reset!r}: expected 'latest' (Kafka's default: a partition the group "
+            "never committed delivers nothing already in the stream) or 'earliest' (from the "
+            "partition's start)"
+        )
+    return reset
+
+
+def resolve_offsets(
+    group: str,
+    committed: dict[int, int],
+    starts: dict[int, int],
+    positions: dict[int, int],
+    reset: str = "latest",
+    accept_gap: bool = False,
+) -> tuple[dict[int, int], dict[int, int], dict[int, tuple[int, int]]]:
+    """Pure: Kafka's rules for each partition's hand-over offset. ``starts`` and
+    ``positions`` (the next offset the mirror copies) are the migration's, per armed partition.
+
+    Returns (offsets the group resumes from, the reset partitions' offsets, accepted gaps). A
+    committed offset below the start is refused with :class:`GroupGapError` unless
+    ``accept_gap``; a partition never committed starts at its position now (``latest``) or at
+    its start (``earliest``)."""
+    check_reset(reset)
+    gaps = {
+        p: (c, starts[p]) for p, c in sorted(committed.items()) if p in starts and c < starts[p]
+    }
+    if gaps and not accept_gap:
+        lines = "; ".join(
+            f"partition {p}: committed offset {c}, start {s} ({s - c} records)"
+            for p, (c, s) in gaps.items()
+        )
+        raise GroupGapError(
+            f"Kafka group {group!r} committed below the migration's start, so the records in "
+            f"between are not in the stream and would never reach it: {lines}. Choices: let the "
+            "group catch up on Kafka past the start, then hand it over; or accept the loss: "
+            "rerun with --accept-gap (translate_group(..., accept_gap=True), step 05's "
+            "accept_gap = True), which records the gap in the events stream",
+            gaps,
+        )
+    reset_offsets = {
+        p: (positions.get(p, start) if reset == "latest" else start)
+        for p, start in sorted(starts.items())
+        if p not in committed
+    }
+    return {**committed, **reset_offsets}, reset_offsets, gaps
+
+
+def _state_now(client: redis.Redis, keys: MigrationKeys):
+    """Starts, positions and the stream's last ID, read in one MULTI (the hand-over instant)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(keys.state)
+    pipe.xrevrange(keys.stream, count=1)
+    raw, last = pipe.execute()
+    starts, positions = {}, {}
+    for name, value in raw.items():
+        if name.startswith(b"start:"):
+            starts[int(name[6:])] = int(value)
+        elif name.startswith(b"frontier:"):
+            positions[int(name[9:])] = int(value) + 1
+    return starts, positions, _id_tuple(last[0][0].decode() if last else "0-0")
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _stored_translation(client: redis.Redis, keys: MigrationKeys, group: str):
+    """The Translation a finished hand-over recorded, or None (no record, or its group gone)."""
+    record = {
+        k.decode(): v.decode() for k, v in client.hgetall(handover_record_key(keys, group)).items()
+    }
+    if "done" not in record:
+        return None
+    if group.encode() not in {g["name"] for g in client.xinfo_groups(keys.stream)}:
+        return None  # the group was removed since: hand it over again
+
+    def ints(text: str) -> dict[int, int]:
+        return {int(p): o for p, o in json.loads(text).items()}
+
+    return Translation(
+        group,
+        keys.stream,
+        ints(record["committed"]),
+        record["start_id"],
+        int(record["entries_read"]),
+        int(record["skipped_later"]),
+        record["reset"],
+        ints(record["reset_offsets"]),
+        {int(p): tuple(g) for p, g in json.loads(record["gaps"]).items()},
+    )
+
+
+def _unchanged_since(done: Translation, committed: dict[int, int], reset: str) -> Translation:
+    if done.reset_offsets and done.reset != reset:
+        raise HandoverError(
+            f"group {done.group!r} was handed over with reset {done.reset!r}, not {reset!r}; to "
+            f"hand it over again, remove it (XGROUP DESTROY {done.stream} {done.group}) first"
+        )
+    moved = {
+        p: (done.committed.get(p), o) for p, o in committed.items() if done.committed.get(p) != o
+    }
+    if moved:
+        lines = "; ".join(
+            f"partition {p}: {was} -> {now}" for p, (was, now) in sorted(moved.items())
+        )
+        raise HandoverError(
+            f"group {done.group!r} was handed over to Redis, but Kafka's group committed since "
+            f"({lines}): its consumers still read Kafka. Stop them; Redis consumers resume "
+            "where the hand-over put them"
+        )
+    return done
+
+
+def translate_group(
+    config: StreamConfig,
+    group: str,
+    committed: dict[int, int] | None = None,
+    *,
+    reset: str = "latest",
+    accept_gap: bool = False,
+) -> Translation:
+    """Create the Redis consumer group for a Kafka group (merged layout) and store the
+    translated offsets beside it, in one script: atomic, and safe to rerun after a crash at
+    any point (a finished hand-over is returned as it was).
+
+    Kafka's rules: a partition the group never committed follows ``reset`` (``latest``, Kafka's
+    default: nothing of it already in the stream is delivered; ``earliest``: from its start);
+    a committed offset below the migration's start is refused (:class:`GroupGapError`) unless
+    ``accept_gap``, which records the gap in the events stream. Also refused: a mirror behind
+    the group, and (offsets read from Kafka) a group with no committed offset on the topic."""
+    if config.redis.layout != "merged":
+        raise HandoverError(
+            "translate-group handles the merged layout; per-partition layout is not built yet"
+        )
+    check_reset(reset)
+    if committed is None:
+        committed = read_committed_offsets(config, group)
+        if not committed:  # before anything exists in Redis: a misspelt group leaves no trace
+            raise NoCommittedOffsetsError(
+                f"Kafka group {group!r} has no committed offset on topic {config.kafka.topic!r} "
+                "(check the group's name; a group that consumed nothing has nothing to hand over)"
+            )
+    client = connect_redis(config)
+    keys = migration_keys(config)
+    done = _stored_translation(client, keys, group)
+    if done is not None:
+        return _unchanged_since(done, committed, reset)
+    starts, positions, last_id = _state_now(client, keys)
+    for p, offset in committed.items():
+        if offset > positions.get(p, 0):
+            raise HandoverError(
+                f"group {group!r} has consumed partition {p} up to offset {offset - 1} but the stream only "
+                f"holds up to {positions.get(p, 0) - 1}: let the mirror catch up first"
+            )
+    offsets, reset_offsets, gaps = resolve_offsets(
+        group, committed, starts, positions, reset, accept_gap
+    )
+    consumed = set(read_consumed_shadows(config, committed))
+    # latest: entries written Redis-first into a never-committed partition before the
+    # hand-over instant are passed over like the Kafka-origin ones below its position
+    latest = set(reset_offsets) if reset == "latest" else set()
+
+    def entries():
+        for raw_id, fields in scan_stream(client, keys.stream):
+            entry_id, record = raw_id.decode(), entry_to_record(fields)
+            if (
+                record.offset == REDIS_ORIGIN
+                and record.partition in latest
+                and _id_tuple(entry_id) <= last_id
+            ):
+                consumed.add(entry_id)  # before plan_translation looks it up
+            yield entry_id, record
+
+    start_id, entries_read, skipped = plan_translation(entries(), offsets, consumed)
+    translation = Translation(
+        group, keys.stream, dict(committed), start_id, entries_read, skipped, reset,
+        reset_offsets, gaps,
+    )  # fmt: skip
+    spec = {
+        "offsets": {str(p): str(o) for p, o in offsets.items()},
+        "shadows": sorted(consumed),
+        "gaps": [[str(p), str(c), str(s), str(s - c)] for p, (c, s) in gaps.items()],
+        "actor": f"{socket.gethostname()}:translate-group",
+        "record": {
+            "start_id": start_id,
+            "entries_read": str(entries_read),
+            "skipped_later": str(skipped),
+            "reset": reset,
+            "committed": json.dumps({str(p): o for p, o in committed.items()}),
+            "reset_offsets": json.dumps({str(p): o for p, o in reset_offsets.items()}),
+            "gaps": json.dumps({str(p): list(g) for p, g in gaps.items()}),
+            "at_ms": str(int(time.time() * 1000)),
+        },
+    }
+    base = group_offsets_key(keys, group)
+    script = _script(client, "translate.lua")
+    from ferry.live.phases import events_key
+
+    try:
+        (outcome,) = script(
+            keys=[
+                keys.stream,
+                base,
+                f"{base}:shadows",
+                handover_record_key(keys, group),
+                events_key(keys),
+            ],
+            args=[group, start_id, entries_read, json.dumps(spec)],
+        )
+    except redis.ResponseError as exc:
+        if "FERRY_TOUCHED" not in str(exc):
+            raise
+        found = str(exc).split("FERRY_TOUCHED", 1)[1].strip()
+        raise HandoverError(
+            f"Redis group {group!r} on {keys.stream} was left by an interrupted hand-over and "
+            f"has been read since ({found}): ferry will not move it. Check what its consumers "
+            f"processed, remove it (XGROUP DESTROY {keys.stream} {group}) and run "
+            "translate-group again"
+        ) from exc
+    if outcome in (b"done", "done"):  # another run finished it first
+        return _unchanged_since(_stored_translation(client, keys, group), committed, reset)
+    return translation
+
+
+@dataclass(frozen=True)
+class Delivery:
+    entry_id: str
+    record: KafkaRecord
+    processed_key: bytes | None = None  # its idempotency record (idempotent consumers only)
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What one ``StreamConsumer.process`` call did with its entries."""
+
+    done: int = 0  # handled: effect, processed key and XACK committed together
+    duplicates: int = 0  # already processed (key recorded): acknowledged, handler not run
+    failed: int = 0  # the handler raised: left pending for a retry
+    dead_lettered: int = 0  # the handler raised for the last time
+
+    def __bool__(self) -> bool:
+        return bool(self.done or self.duplicates or self.failed or self.dead_lettered)
+
+
+# handler(delivery, tx): queue the effect's Redis writes on tx (inside MULTI); reads go
+# through another client, as tx only queues
+Handler = Callable[[Delivery, "redis.client.Pipeline"], None]
+
+
+class StreamConsumer:
+    """Reads a translated Redis consumer group in batches.
+
+    Entries the Kafka group had consumed are acknowledged without being delivered; entries
+    left pending by a dead consumer are claimed after ``claim_idle_ms``; an entry that failed
+    ``max_failures`` times goes to the dead-letter stream instead of being acknowledged.
+
+    Idempotent (``idempotent=True``, or an ``idempotency_key`` function of the record): every
+    entry has a key (see ``ferry.live.idempotency``), recorded for ``idempotency_ttl_s`` once the
+    entry is processed; an entry whose key is recorded is acknowledged without being delivered
+    and counted in ``duplicates``. ``process(handler)`` commits the handler's Redis writes,
+    the key and the XACK in one MULTI (exactly once); ``ack`` records the keys with the XACK,
+    after an effect outside Redis (at least once, with the window narrowed to a crash
+    between the effect and the ack).
+    """
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        group: str,
+        consumer: str | None = None,
+        *,
+        batch: int = 100,
+        block_ms: int = 500,
+        claim_idle_ms: int = 30_000,
+        max_failures: int = 3,
+        idempotent: bool = False,
+        idempotency_key: KeyFunction | None = None,
+        idempotency_ttl_s: int = DEFAULT_TTL_S,
+    ) -> None:
+        self.client = connect_redis(config)
+        self.keys = migration_keys(config)
+        self.stream = self.keys.stream
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
+        self.batch, self.block_ms = batch, block_ms
+        self.claim_idle_ms, self.max_failures = claim_idle_ms, max_failures
+        self.failures_key = f"{group_offsets_key(self.keys, group)}:failures"
+        self.dead_letter = f"{self.keys.tag}:ferry:dead:{group}"
+        raw = self.client.hgetall(group_offsets_key(self.keys, group))
+        if not raw:
+            raise HandoverError(
+                f"group {group!r} was not translated: run 'ferry translate-group' first"
+            )
+        self.committed = {int(k): int(v) for k, v in raw.items() if k != b"translated"}
+        self.consumed_ids = frozenset(
+            m.decode()
+            for m in self.client.smembers(f"{group_offsets_key(self.keys, group)}:shadows")
+        )
+        self.skipped = 0
+        self.duplicates = 0
+        self.processed: ProcessedKeys | None = None
+        if idempotent or idempotency_key is not None:
+            self.processed = ProcessedKeys(
+                self.client, self.keys.tag, group, idempotency_key, idempotency_ttl_s
+            )
+
+    def poll(self) -> list[Delivery]:
+        """The next entries to process: stale pending ones first, then new ones. Empty only
+        when nothing arrived within ``block_ms`` (skipped entries do not end a poll)."""
+        while True:
+            entries, deliveries = self._read_once()
+            if deliveries or not entries:
+                return deliveries
+
+    def _read_once(self) -> tuple[list, list[Delivery]]:
+        claimed = self.client.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+        )
+        entries = list(claimed[1]) if claimed else []
+        if len(entries) < self.batch:
+            got = self.client.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: ">"},
+                count=self.batch - len(entries),
+                block=self.block_ms,
+            )
+            for _, items in got or []:
+                entries += items
+        deliveries, skip = [], []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted while pending
+                skip.append(entry_id)
+                continue
+            record = entry_to_record(fields)
+            if _consumed(entry_id.decode(), record, self.committed, self.consumed_ids):
+                skip.append(entry_id)  # the Kafka group already consumed it
+            else:
+                deliveries.append(Delivery(entry_id.decode(), record))
+        if skip:
+            self.client.xack(self.stream, self.group, *skip)
+            self.skipped += len(skip)
+        if self.processed is not None and deliveries:
+            deliveries = self._drop_processed(deliveries)
+        return entries, deliveries
+
+    def _drop_processed(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Key each delivery; acknowledge those already processed (a key function that
+        raises counts as a failure of that entry)."""
+        keyed = []
+        for d in deliveries:
+            try:
+                keyed.append(
+                    Delivery(d.entry_id, d.record, self.processed.name_of(d.entry_id, d.record))
+                )
+            except Exception as exc:  # noqa: BLE001 - the user's key function
+                self.fail(d, f"idempotency key: {type(exc).__name__}: {exc}")
+        seen = self.processed.recorded([d.processed_key for d in keyed])
+        self._ack_duplicates([d for d, s in zip(keyed, seen, strict=True) if s])
+        return [d for d, s in zip(keyed, seen, strict=True) if not s]
+
+    def _ack_duplicates(self, duplicates: list[Delivery]) -> None:
+        if duplicates:
+            ids = [d.entry_id for d in duplicates]
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(self.stream, self.group, *ids)
+            pipe.hdel(self.failures_key, *ids)
+            pipe.execute()
+            self.duplicates += len(duplicates)
+            log_duplicates(self.group, [(d.entry_id, d.processed_key) for d in duplicates])
+
+    def process(self, handler: Handler, deliveries: Sequence[Delivery] | None = None) -> Processed:
+        """Run ``handler(delivery, tx)`` on each delivery (``poll()``'s when none are given) and
+        commit what it queued on ``tx``, the processed key and the XACK in one MULTI. The key
+        is WATCHed and checked first, so an entry another consumer committed meanwhile is a
+        duplicate: its queued writes are dropped. A handler that raises leaves nothing
+        written and goes through ``fail``. Redis does not undo the other commands of an EXEC
+        when one of them fails (a wrong key type, say): that error is raised."""
+        before = self.duplicates
+        counts = {"done": 0, "failed": 0, "dead_lettered": 0}
+        for delivery in self.poll() if deliveries is None else deliveries:
+            outcome = self._process_one(handler, delivery)
+            if outcome in counts:
+                counts[outcome] += 1
+        return Processed(duplicates=self.duplicates - before, **counts)
+
+    def _process_one(self, handler: Handler, delivery: Delivery) -> str:
+        name = delivery.processed_key
+        with self.client.pipeline(transaction=True) as tx:
+            if name is not None:
+                tx.watch(name)
+                if tx.get(name) is not None:  # processed since the poll
+                    tx.reset()
+                    self._ack_duplicates([delivery])
+                    return "duplicate"
+            tx.multi()
+            try:
+                handler(delivery, tx)
+            except Exception as exc:  # noqa: BLE001 - the handler's failure is the entry's
+                tx.reset()  # nothing queued is sent
+                logger.warning("group %s: entry %s failed: %s", self.group, delivery.entry_id, exc)
+                reason = f"{type(exc).__name__}: {exc}"
+                return "dead_lettered" if self.fail(delivery, reason) else "failed"
+            if name is not None:
+                self.processed.record(tx, name, delivery.entry_id)
+            tx.xack(self.stream, self.group, delivery.entry_id)
+            tx.hdel(self.failures_key, delivery.entry_id)
+            try:
+                tx.execute()
+            except redis.WatchError:  # another consumer recorded the key after our check
+                self._ack_duplicates([delivery])
+                return "duplicate"
+        return "done"
+
+    def ack(self, *deliveries: Delivery) -> None:
+        """Acknowledge processed entries; an idempotent consumer records their keys in the
+        same MULTI as the XACK."""
+        if not deliveries:
+            return
+        ids = [d.entry_id for d in deliveries]
+        keyed = [d for d in deliveries if d.processed_key is not None]
+        if self.processed is None or not keyed:
+            self.client.xack(self.stream, self.group, *ids)
+            self.client.hdel(self.failures_key, *ids)
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for d in keyed:
+            self.processed.record(pipe, d.processed_key, d.entry_id)
+        pipe.xack(self.stream, self.group, *ids)
+        pipe.hdel(self.failures_key, *ids)
+        pipe.execute()
+
+    def fail(self, delivery: Delivery, reason: str = "") -> bool:
+        """Leave the entry pending for a retry; after ``max_failures`` move it to the
+        dead-letter stream and acknowledge it. True when it was dead-lettered."""
+        failures = self.client.hincrby(self.failures_key, delivery.entry_id, 1)
+        if failures < self.max_failures:
+            return False
+        fields = self.client.xrange(self.stream, delivery.entry_id, delivery.entry_id)[0][1]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(
+            self.dead_letter,
+            {**fields, b"source_id": delivery.entry_id, b"failures": failures, b"reason": reason},
+        )
+        pipe.xack(self.stream, self.group, delivery.entry_id)
+        pipe.hdel(self.failures_key, delivery.entry_id)
+        pipe.execute()
+        return True
+
+    def lag(self) -> int:
+        """Entries not yet delivered to the group (Redis's own count, right thanks to ENTRIESREAD)."""
+        for info in self.client.xinfo_groups(self.stream):
+            if info["name"].decode() == self.group:
+                return int(info.get("lag") or 0)
+        raise HandoverError(f"no group {self.group!r} on {self.stream}")
+
+
+def handover_key(keys: MigrationKeys, group: str) -> str:
+    return f"{keys.tag}:ferry:handover:{group}"
+
+
+def handover_requested(client: redis.Redis, keys: MigrationKeys, group: str) -> bool:
+    """What a consumer built on ferry polls: step 05 asks the group to leave Kafka."""
+    return bool(client.exists(handover_key(keys, group)))
+
+
+def group_translated(client: redis.Redis, keys: MigrationKeys, group: str) -> bool:
+    """True once ``translate_group`` stored the group's offsets (StreamConsumer can start)."""
+    return bool(client.exists(group_offsets_key(keys, group)))
+
+
+def group_is_empty(config: StreamConfig, group: str) -> bool:
+    """True when no consumer is in the Kafka group (its committed offsets are final)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    from ferry.kafka.confluent_client import client_settings
+    from ferry.kafka.source import resolve_bootstrap
+
+    admin = AdminClient(client_settings(config.kafka, resolve_bootstrap(config.kafka)))
+    try:
+        found = admin.describe_consumer_groups([group])[group].result(timeout=15)
+    except Exception as exc:  # noqa: BLE001 - librdkafka's KafkaException
+        raise KafkaError(f"cannot describe consumer group {group!r}: {exc}") from exc
+    return found.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
+
+
+def topic_groups(config: StreamConfig) -> list[str]:
+    """The Kafka consumer groups with committed offsets on the topic."""
+    from ferry.kafka.groups import read_committed_groups
+    from ferry.kafka.source import open_source
+
+    source = open_source(config)
+    try:
+        info = source.describe_topic()
+    finally:
+        source.close()
+    return list(read_committed_groups(config, info.partitions))
+
+
+def hand_over_group(
+    config: StreamConfig,
+    group: str,
+    wait_s: float = 30.0,
+    *,
+    reset: str = "latest",
+    accept_gap: bool = False,
+) -> Translation:
+    """Ask the group's consumers to leave Kafka (a flag they poll), wait until the Kafka group
+    is empty so its committed offsets are final, then translate it (``reset`` and
+    ``accept_gap`` as in :func:`translate_group`)."""
+    check_reset(reset)
+    client = connect_redis(config)
+    key = handover_key(migration_keys(config), group)
+    client.hset(key, mapping={"state": "requested", "at_ms": int(time.time() * 1000)})
+    deadline = time.monotonic() + wait_s
+    while not group_is_empty(config, group):
+        if time.monotonic() > deadline:
+            raise HandoverError(
+                f"Kafka group {group!r} still has consumers after {wait_s:.0f}s; stop them (or let "
+                "them see the hand-over request) and run step 05 again"
+            )
+        time.sleep(0.1)  # the consumers' commit and leave, bounded by wait_s
+    committed = read_committed_offsets(config, group)
+    keys = migration_keys(config)
+    while True:  # the mirror passes what the group read (shadows included) before translating
+        _, frontiers = read_state(client, keys)
+        behind = {p: o for p, o in committed.items() if o - 1 > frontiers.get(p, -1)}
+        if not behind or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # the follow mirror's progress, bounded by wait_s
+    translation = translate_group(config, group, committed, reset=reset, accept_gap=accept_gap)
+    client.hset(key, "state", "translated")
+    return translation
