@@ -54,6 +54,22 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
         metrics = serve_mirror_metrics(parse_addr(addr), config.name, args.lag_stale_after)
     on_lag = metrics.on_lag if metrics else None
+    if args.workers or args.group:  # one worker of the migration's Kafka consumer group
+        from ferry.core.workers import run_worker
+
+        summary = run_worker(
+            config,
+            follow=args.follow,
+            group=args.group,
+            session_timeout_ms=args.session_timeout,
+            should_stop=should_stop,
+            on_batch=metrics.on_batch if metrics else None,
+            on_lag=on_lag,
+            on_redis_fault=metrics.on_redis_fault if metrics else None,
+            on_error=metrics.on_error if metrics else None,
+        )
+        print(json.dumps(summary.as_json()))
+        return 0
     if args.follow:
         from ferry.core.follower import heartbeat_on_lag
 
@@ -460,6 +476,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="drop the lag series and set ferry_mirror_lag_stale to 1 when no lag was measured "
         "for this long (default: 15)",
+    )
+    b.add_argument(
+        "--workers",
+        action="store_true",
+        help="run as one of N mirror workers: join the migration's Kafka consumer group "
+        "(ferry-mirror.NAME) and copy the partitions Kafka assigns, each from its Redis "
+        "frontier; start as many processes, on any hosts, as wanted (confluent-kafka; "
+        "nothing is committed to Kafka)",
+    )
+    b.add_argument(
+        "--group",
+        metavar="ID",
+        help="the workers' consumer group instead of ferry-mirror.NAME (implies --workers)",
+    )
+    b.add_argument(
+        "--session-timeout",
+        type=int,
+        default=10_000,
+        metavar="MS",
+        help="with --workers: how long a silent worker keeps its partitions before Kafka "
+        "moves them (default: 10000; the broker's group.min.session.timeout.ms bounds it)",
     )
     b.set_defaults(func=cmd_backfill)
 
