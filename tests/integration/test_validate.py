@@ -105,3 +105,24 @@ def test_cli_json_and_exit_status(make_stream, redis_client, tmp_path):
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 6  # data integrity
     assert json.loads(bad.stdout)["missing"] == 1
+
+
+def test_damage_on_both_sides_of_a_block_boundary_is_counted_once_each(make_stream, redis_client):
+    from ferry.core.tallies import BLOCK
+
+    stream, entries = seeded(make_stream, redis_client, n=2 * (BLOCK + 200), partitions=2)
+    by_offset = {(r.partition, r.offset): (i, r) for i, r in entries}
+    for offset in (BLOCK - 1, BLOCK):  # the last offset of block 0 and the first of block 1
+        redis_client.xdel(stream.config.redis.stream, by_offset[(0, offset)][0])
+    altered_id, altered = by_offset[(1, BLOCK)]
+    redis_client.xdel(stream.config.redis.stream, altered_id)
+    redis_client.xadd(stream.config.redis.stream, entry_fields(altered._replace(value=b"x")))
+    report = validate_stream(stream.config)
+    zero, one = report.partitions
+    assert (zero.missing, zero.first_missing, zero.extra, zero.mismatched) == (2, BLOCK - 1, 0, 0)
+    assert (one.missing, one.mismatched, one.out_of_order, one.redis_count) == (
+        0,
+        1,
+        1,
+        BLOCK + 200,
+    )

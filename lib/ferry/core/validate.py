@@ -14,30 +14,26 @@ to Redis first whose shadow is not in the range yet are counted, not failed (``u
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import redis
-
 from ferry.config import StreamConfig
-from ferry.core.entries import (
-    REDIS_ORIGIN,
-    KafkaRecord,
-    entry_id_key,
-    entry_to_record,
-    record_digest,
-    shadow_of,
-    without_shadow_header,
+from ferry.core.ingest import migration_keys, read_state
+from ferry.core.tallies import BlockResult
+from ferry.core.validate_scan import (  # noqa: F401 - read_kafka_range, scan_stream: imported from here
+    Window,
+    compare_differing,
+    read_kafka_range,
+    read_state_and_bounds,
+    retired_by_retention,
+    scan_kafka,
+    scan_redis,
+    scan_stream,
 )
-from ferry.core.ingest import MigrationKeys, migration_keys, read_state
-from ferry.errors import FerryError, KafkaError
+from ferry.errors import FerryError
 from ferry.kafka.source import KafkaSource, open_source
 from ferry.redis.retention import read_trimmed, read_trimmed_ids
 from ferry.redis.target import connect_redis
-
-SCAN_COUNT = 10_000
-STALL_KICK_S = 5.0  # no record for this long: the partitions left are assigned again
-STALL_TIMEOUT_S = 30.0
 
 # The JSON keys of one partition's row, documented in the README.
 COUNTERS = (
@@ -135,108 +131,6 @@ class ValidationReport:
         }
 
 
-class _RedisSide:
-    """What the stream holds for one partition, gathered while scanning."""
-
-    def __init__(self) -> None:
-        self.digests: dict[int, bytes] = {}
-        self.keys: dict[int, bytes | None] = {}  # offset -> key, on compacted topics only
-        self.count = 0
-        self.duplicates = 0
-        self.out_of_order = 0
-        self.last = -1
-        self.primary: dict[bytes, bytes] = {}  # entries written to Redis first: ID -> digest
-
-
-def scan_stream(client: redis.Redis, key: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
-    """Every entry of a stream, in ID order, read in chunks."""
-    lower = "-"
-    while True:
-        chunk = client.xrange(key, min=lower, max="+", count=SCAN_COUNT)
-        yield from chunk
-        if len(chunk) < SCAN_COUNT:
-            return
-        lower = "(" + chunk[-1][0].decode()
-
-
-def scan_redis(
-    client: redis.Redis,
-    keys: MigrationKeys,
-    partitions: list[int],
-    since: dict[int, int] | None = None,
-    keep_keys: bool = False,
-) -> dict[int, _RedisSide]:
-    """What the stream holds per partition; with ``since``, Kafka-origin entries of offsets
-    below ``since[p]`` are outside the window and left out (a window check, not a skip).
-    ``keep_keys`` remembers each entry's key (a compacted topic's check needs them)."""
-    since = since or {}
-    sides = {p: _RedisSide() for p in partitions}
-    for key in keys.streams(partitions):
-        for _id, fields in scan_stream(client, key):
-            try:
-                record = entry_to_record(fields)
-            except ValueError as exc:
-                raise FerryError(f"stream {key} entry {_id.decode()}: {exc}") from exc
-            side = sides.setdefault(record.partition, _RedisSide())
-            if record.offset == REDIS_ORIGIN:
-                side.primary[_id] = record_digest(record)
-                continue
-            if record.offset < since.get(record.partition, 0):
-                continue
-            side.count += 1
-            if record.offset in side.digests:
-                side.duplicates += 1
-            else:
-                side.digests[record.offset] = record_digest(record)
-                if keep_keys:
-                    side.keys[record.offset] = record.key if record.value is not None else None
-            if record.offset <= side.last:
-                side.out_of_order += 1
-            side.last = max(side.last, record.offset)
-    return sides
-
-
-def read_kafka_range(
-    source: KafkaSource, ranges: dict[int, tuple[int, int]], batch: int = 20_000
-) -> Iterator[KafkaRecord]:
-    """Every record Kafka holds in ``[first, last]`` per partition, in order per partition
-    (``batch``: records taken from the client per poll)."""
-    todo = {p: r for p, r in ranges.items() if r[1] >= r[0]}
-    if not todo:
-        return
-    source.assign({p: first for p, (first, _) in todo.items()})
-    last_progress = last_kick = time.monotonic()
-    while todo:
-        records = source.poll_records(batch, 0.2)
-        if records:
-            last_progress = time.monotonic()
-        elif time.monotonic() - max(last_progress, last_kick) > STALL_KICK_S:
-            # a fetcher that went quiet after pauses (seen with kafka-python on Kafka 4.x under
-            # live traffic): assign the partitions still to read at their positions again
-            source.assign({p: source.position(p) for p in todo})
-            last_kick = time.monotonic()
-        for record in records:
-            rng = todo.get(record.partition)
-            if rng is None:
-                continue
-            if record.offset <= rng[1]:
-                yield record
-            if record.offset >= rng[1]:
-                del todo[record.partition]
-                source.pause([record.partition])
-        if not records:
-            for p in list(todo):
-                if source.position(p) > todo[p][1]:
-                    del todo[p]
-                    source.pause([p])
-            if todo and time.monotonic() - last_progress > STALL_TIMEOUT_S:
-                raise KafkaError(
-                    f"Kafka delivered nothing for {STALL_TIMEOUT_S:.0f}s while reading partitions "
-                    f"{sorted(todo)}; expected offsets up to "
-                    + ", ".join(f"{p}:{todo[p][1]}" for p in sorted(todo))
-                )
-
-
 def other_client(config: StreamConfig) -> str:
     """The Kafka client the mirror did not use: validation reads with it."""
     return "kafka-python" if config.kafka.client == "confluent" else "confluent"
@@ -280,7 +174,7 @@ def validate_stream(
     began = time.monotonic()
     target = connect_redis(config)
     keys = migration_keys(config)
-    starts, frontiers = read_state(target, keys)
+    starts, frontiers, bounds = read_state_and_bounds(target, keys)
     if not starts:
         raise FerryError(
             f"stream {config.name!r} was never backfilled: no migration state at {keys.state}"
@@ -298,8 +192,6 @@ def validate_stream(
         partitions = list(info.partitions)
         armed_partitions = [p for p in partitions if p in starts]
         want = expected_starts(source, armed, info)
-        sides = scan_redis(target, keys, partitions, since, keep_keys=info.compacted)
-        _leave_out_live_appends(sides, frontiers, read_state(target, keys)[1])
         gaps_allowed = info.compacted or config.kafka.transactional
         trimmed = read_trimmed(target, config)
         # what retention removed on purpose is not expected in the stream any more; what
@@ -308,76 +200,53 @@ def validate_stream(
             p: max(starts[p], trimmed.get(p, -1) + 1, (since or {}).get(p, 0), info.low[p])
             for p in armed_partitions
         }
-        retired = {
-            p: _drop_below(sides[p], info.low[p]) if info.low[p] > starts[p] else 0
-            for p in armed_partitions
-        }
+        window = Window(
+            since=since or {},
+            retire_below={p: info.low[p] for p in armed_partitions if info.low[p] > starts[p]},
+            frontiers=frontiers,
+        )
+        streams = keys.streams(partitions)
+        side = scan_redis(target, streams, bounds, window)
+        window.drop_live_appends(side, read_state(target, keys)[1])
         ranges = {p: (first[p], frontiers[p]) for p in armed_partitions}
-        seen = {p: 0 for p in partitions}
-        missing = dict.fromkeys(partitions, 0)
-        mismatched = dict.fromkeys(partitions, 0)
-        gaps = dict.fromkeys(partitions, 0)
-        first_missing: dict[int, int] = {}
-        matched: dict[int, set[int]] = {p: set() for p in partitions}
-        shadows: dict[int, set[bytes]] = {p: set() for p in partitions}
-        latest_of_key: dict[int, dict[bytes | None, int]] = {p: {} for p in partitions}
         trimmed_id = read_trimmed_ids(target, keys, partitions)
-        expected = dict(first)
-        for record in read_kafka_range(source, ranges):
-            p = record.partition
-            if record.offset != expected[p] and not gaps_allowed:
-                gaps[p] += 1
-            expected[p] = record.offset + 1
-            if info.compacted:
-                latest_of_key[p][record.key] = record.offset
-            entry_id = shadow_of(record)
-            if entry_id is not None:  # compared with the entry written to Redis first
-                digest = sides[p].primary.get(entry_id)
-                if digest is None and retired_by_retention(entry_id, trimmed_id.get(p)):
-                    continue  # its entry was retired by retention, like a trimmed offset
-                found, key, record = shadows[p], entry_id, without_shadow_header(record)
-            else:
-                digest = sides[p].digests.get(record.offset)
-                found, key = matched[p], record.offset
-            seen[p] += 1
-            if digest is None:
-                missing[p] += 1
-                first_missing.setdefault(p, record.offset)
-            else:
-                found.add(key)
-                if digest != record_digest(record):
-                    mismatched[p] += 1
-            if on_progress is not None:
-                on_progress(1)
+        kafka = scan_kafka(
+            source, ranges, side.primary, trimmed_id, gaps_allowed, info.compacted, on_progress
+        )
+        by_partition = {p: keys.stream_for(p) for p in partitions}
+        detail = compare_differing(target, source, by_partition, side, kafka, window, ranges)
         rows = []
         for p in partitions:
-            side = sides[p]
             if p not in starts:
                 rows.append(_unarmed_row(p, info))
                 continue
-            unmatched = set(side.digests) - matched[p]
-            compacted = _removed_by_cleaner(unmatched, side.keys, latest_of_key[p])
+            found = detail.get(p, BlockResult())
+            compacted = _removed_by_cleaner(
+                found.unmatched, kafka.latest_of_key.get(p, {}), info.compacted
+            )
+            shadows = kafka.shadows.get(p, 0)
+            extra = len(found.unmatched) - len(compacted) + side.extra.get(p, 0)
             rows.append(
                 PartitionReport(
                     partition=p,
                     start=starts[p],
                     frontier=frontiers[p],
-                    kafka_count=seen[p],
-                    redis_count=side.count - len(compacted) + len(shadows[p]),
-                    missing=missing[p],
-                    duplicates=side.duplicates,
-                    out_of_order=side.out_of_order,
-                    mismatched=mismatched[p],
-                    extra=len(unmatched) - len(compacted),
-                    unexplained_gaps=gaps[p],
-                    first_missing=first_missing.get(p),
+                    kafka_count=kafka.seen.get(p, 0),
+                    redis_count=side.count.get(p, 0) - len(compacted) + shadows,
+                    missing=found.missing + kafka.missing.get(p, 0),
+                    duplicates=found.duplicates,
+                    out_of_order=side.out_of_order.get(p, 0),
+                    mismatched=found.mismatched + kafka.mismatched.get(p, 0),
+                    extra=extra,
+                    unexplained_gaps=kafka.gaps.get(p, 0),
+                    first_missing=_lowest(found.first_missing, kafka.first_missing.get(p)),
                     trimmed_to=trimmed.get(p),
-                    redis_first=len(shadows[p]),
-                    unshadowed=len(side.primary) - len(shadows[p]),
+                    redis_first=shadows,
+                    unshadowed=side.primary_count.get(p, 0) - shadows,
                     start_mismatch=int(want.get(p) is not None and want[p] != starts[p]),
                     expected_start=want.get(p),
                     start_found=armed.start_found.get(p),
-                    retired_by_kafka=retired[p],
+                    retired_by_kafka=side.retired.get(p, 0),
                     compacted=len(compacted),
                     log_start=info.low[p],
                 )
@@ -394,29 +263,19 @@ def validate_stream(
         source.close()
 
 
-def _drop_below(side: _RedisSide, low: int) -> int:
-    """Leave out entries of offsets Kafka deleted after the copy; returns how many."""
-    gone = [o for o in side.digests if o < low]
-    for offset in gone:
-        del side.digests[offset]
-    side.count -= len(gone)
-    return len(gone)
-
-
 def _removed_by_cleaner(
-    unmatched: set[int], keys: dict[int, bytes | None], latest: dict[bytes | None, int]
+    unmatched: dict[int, bytes | None], latest: dict[bytes | None, int], compacted: bool
 ) -> set[int]:
     """Of the entries Kafka no longer returns, those the log cleaner removed: a later record
     of the same key is in Kafka, or the entry is a tombstone (removed after
-    delete.retention.ms). Only on compacted topics (``keys`` is empty otherwise)."""
-    out = set()
-    for offset in unmatched:
-        if offset not in keys:
-            continue
-        key = keys[offset]
-        if key is None or latest.get(key, -1) > offset:
-            out.add(offset)
-    return out
+    delete.retention.ms). Only on compacted topics."""
+    if not compacted:
+        return set()
+    return {o for o, key in unmatched.items() if key is None or latest.get(key, -1) > o}
+
+
+def _lowest(a: int | None, b: int | None) -> int | None:
+    return min(x for x in (a, b) if x is not None) if a is not None or b is not None else None
 
 
 def _unarmed_row(p: int, info) -> PartitionReport:
@@ -436,19 +295,3 @@ def _unarmed_row(p: int, info) -> PartitionReport:
         unarmed=int(held > 0),
         log_start=info.low[p],
     )
-
-
-def _leave_out_live_appends(sides: dict, before: dict, after: dict) -> None:
-    """With live traffic the mirror appends while the stream is scanned. Entries between the
-    frontier read before the scan and the one read after it are beyond the validated range;
-    anything past the later frontier stays (the script never writes there: it is extra)."""
-    for p, side in sides.items():
-        late = [o for o in side.digests if before.get(p, -1) < o <= after.get(p, -1)]
-        for offset in late:
-            del side.digests[offset]
-        side.count -= len(late)
-
-
-def retired_by_retention(entry_id: bytes, trimmed_id: bytes | None) -> bool:
-    """True when retention removed entries up to ``trimmed_id`` and ``entry_id`` is one of them."""
-    return trimmed_id is not None and entry_id_key(entry_id) <= entry_id_key(trimmed_id)
