@@ -26,7 +26,15 @@ from ferry.live.phases import start_dual_write
 from ferry.redis.target import connect_redis
 from ferry.services.seed import BASE_TS_MS, SeedRecord, payment_events, produce_records
 
-from . import test_mirror, test_primary, test_validate
+from . import (
+    test_finish,
+    test_idempotency,
+    test_live,
+    test_mirror,
+    test_primary,
+    test_retention,
+    test_validate,
+)
 from .cluster import (
     cluster_client,
     move_slot,
@@ -84,6 +92,35 @@ test_cutover_rollback_cutover = (
     test_primary.test_redis_primary_then_rollback_then_cutover_again_keeps_every_record_once
 )
 test_redis_only = test_primary.test_redis_only_writes_no_shadow_and_the_partition_follows_the_key
+# dual-write, cutover, consume, retention, finish, rollback: the standalone bodies again
+test_dual_writer_exactly_once = (
+    test_live.test_dual_writer_lands_every_record_exactly_once_beside_the_mirror
+)
+test_cutover_bounded_pause = (
+    test_live.test_cutover_completes_with_a_bounded_pause_while_writers_keep_sending
+)
+test_cutover_missing_handshake_aborts = (
+    test_live.test_writer_missing_the_handshake_blocks_cutover_and_it_aborts_cleanly
+)
+test_consume_exactly_once = test_live.test_group_hand_over_is_exactly_once
+test_consume_claim_retry_dead_letter = (
+    test_live.test_failing_entry_is_claimed_retried_then_dead_lettered
+)
+test_group_consumer_skips_processed = (
+    test_idempotency.test_the_demos_group_consumer_records_keys_and_skips_what_was_processed
+)
+test_trim_by_length = test_retention.test_trim_by_length_in_limited_steps
+test_trim_by_age = test_retention.test_trim_by_age
+test_trim_respects_groups = test_retention.test_trim_stops_at_what_a_group_has_not_acknowledged
+test_trim_group_read_nothing = test_retention.test_a_group_that_read_nothing_holds_everything
+test_finish_refuses_before_switch = test_finish.test_finish_refuses_before_the_switch
+test_finish_direct_record = (
+    test_finish.test_a_direct_kafka_record_after_the_switch_refuses_within_the_quiet_window
+)
+test_finish_group_not_handed_over = test_finish.test_a_group_not_handed_over_refuses_until_it_is
+test_finish_cli = test_finish.test_the_cli_refuses_in_one_line_then_finishes
+test_rollback_plan_and_act = test_live.test_rollback_plan_then_act_and_writers_follow
+test_rollback_step = test_live.test_rollback_step_runs_on_demand
 
 
 def test_a_migration_on_another_node_than_the_seed_follows_moved(make_stream, local_cluster):
