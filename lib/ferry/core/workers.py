@@ -21,6 +21,8 @@ does that.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,7 +87,7 @@ def group_settings(base: dict, group_id: str, name: str, session_timeout_ms: int
     return {
         **base,
         "group.id": group_id,
-        "client.id": f"ferry-worker-{name}",
+        "client.id": f"ferry-worker-{name}-{socket.gethostname()}-{os.getpid()}",  # who holds what
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(300, session_timeout_ms // 5),
