@@ -23,7 +23,7 @@ BROKERS = ("auto", "apache", "tansu")  # ferry.kafka.broker's traits
 
 STREAMS_DIR = Path("runbook/streams")
 CLIENTS = ("confluent", "kafka-python")
-LAYOUTS = ("merged", "per-partition")
+LAYOUTS = ("merged", "per-partition", "spread")
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 PERSISTENCE = ("any", "aof", "rdb", "none")
@@ -196,6 +196,18 @@ class StreamConfig:
         return "{" + self.name + "}"
 
 
+def first_hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes, braces included: the first ``{...}`` with
+    something inside; None when there is none (Redis then hashes the whole key)."""
+    opening = key.find("{")
+    if opening < 0:
+        return None
+    closing = key.find("}", opening + 1)
+    if closing <= opening + 1:
+        return None
+    return key[opening : closing + 1]
+
+
 def parse_start(text: Any, where: str = "start") -> StartPosition:
     """Parse ``earliest``, a duration such as ``7d`` / ``36h``, or an ISO-8601 timestamp."""
     if isinstance(text, datetime):
@@ -336,10 +348,12 @@ def parse_config(data: Any, source: str = "<memory>") -> StreamConfig:
                     "url",
                 )
     stream = r.get("stream", str, f"{tag}:stream")
-    if tag not in stream:
+    hashed = first_hash_tag(stream)
+    if hashed != tag:
+        found = f"its first {{...}} is {hashed}" if hashed else "it has no {...}"
         raise r.error(
-            f"{stream!r} must contain the hash tag {tag} so every key of this migration "
-            "lives on one Redis Cluster slot",
+            f"{stream!r} must carry the hash tag {tag} as its first {{...}} (the part Redis "
+            f"hashes), so the migration's keys share a Redis Cluster slot; {found}",
             "stream",
         )
     redis_settings = RedisSettings(

@@ -162,7 +162,8 @@ def stream_factory(services, redis_client, request, target: dict, prefix: str = 
 
     yield make
     for config in made:
-        for key in redis_client.scan_iter(match=f"*{{{config.name}}}*", count=1000):
+        # {name} and, in the spread layout, {name:<partition>}
+        for key in redis_client.scan_iter(match=f"*{{{config.name}[:}}]*", count=1000):
             redis_client.delete(key)  # one by one: a cluster client deletes key by key too
 
 

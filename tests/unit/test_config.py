@@ -48,6 +48,16 @@ def test_minimal_config_has_safe_defaults():
             "redis.stream",
             "hash tag {payments}",
         ),
+        (
+            {"redis": {"url": "redis://r", "stream": "x{other}:{payments}"}},
+            "redis.stream",
+            "its first {...} is {other}",
+        ),
+        (
+            {"redis": {"url": "redis://r", "stream": "{}{payments}"}},
+            "redis.stream",
+            "it has no {...}",
+        ),
         ({"redis": {"url": "redis://r", "layout": "sharded"}}, "redis.layout", "not one of"),
         ({"redis": {"url": "redis://r", "password": "hunter2"}}, "redis.password", "inline"),
         (

@@ -117,7 +117,7 @@ def check_stream_tail(client: redis.Redis, keys: MigrationKeys, frontiers: dict[
 
 
 def _frontier_now(client: redis.Redis, keys: MigrationKeys, partition: int) -> int:
-    value = client.hget(keys.state, f"frontier:{partition}")
+    value = client.hget(keys.partition_state(partition), f"frontier:{partition}")
     return int(value) if value is not None else -1
 
 

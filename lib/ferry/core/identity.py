@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import redis
 
 from ferry.core.entries import record_digest
-from ferry.core.ingest import MigrationKeys
+from ferry.core.ingest import MigrationKeys, read_state_fields
 from ferry.errors import TopicMismatchError
 from ferry.kafka.source import TopicInfo
 
@@ -38,7 +38,7 @@ class ArmedTopic:
 
 
 def read_armed_topic(client: redis.Redis, keys: MigrationKeys) -> ArmedTopic:
-    raw = {k.decode(): v.decode() for k, v in client.hgetall(keys.state).items()}
+    raw = {k.decode(): v.decode() for k, v in read_state_fields(client, keys).items()}
 
     def per_partition(prefix: str, cast=str) -> dict:
         return {int(k[len(prefix) :]): cast(v) for k, v in raw.items() if k.startswith(prefix)}

@@ -17,7 +17,15 @@ from ferry.errors import ForeignStreamError, IntegrityError, NotArmedError
 
 @dataclass(frozen=True)
 class MigrationKeys:
-    """Every Redis key of one migration; all share the hash tag ``{name}``."""
+    """Every Redis key of one migration.
+
+    The migration-wide state (phase, epoch, writers, events) is ``{name}:ferry:state``. In
+    the ``merged`` and ``per-partition`` layouts every key shares the hash tag ``{name}`` (one
+    Redis Cluster slot) and the per-partition fields (``frontier:<p>``, ``start:<p>``, ...)
+    live in that state hash too. In the ``spread`` layout partition ``p`` has its own tag
+    ``{name:p}``: its stream (``redis.stream`` with ``{name}`` replaced) and a partition
+    state hash holding the same per-partition fields sit in the partition's own slot, so
+    every ingest is still one script on one shard and partitions spread over shards."""
 
     tag: str
     stream: str
@@ -27,8 +35,23 @@ class MigrationKeys:
     def state(self) -> str:
         return f"{self.tag}:ferry:state"
 
+    @property
+    def spread(self) -> bool:
+        return self.layout == "spread"
+
+    def partition_tag(self, partition: int) -> str:
+        return self.tag[:-1] + f":{partition}}}" if self.spread else self.tag
+
+    def partition_state(self, partition: int) -> str:
+        """The hash holding partition ``partition``'s frontier, start and trim records."""
+        return f"{self.partition_tag(partition)}:ferry:state" if self.spread else self.state
+
     def stream_for(self, partition: int) -> str:
-        return self.stream if self.layout == "merged" else f"{self.stream}:{partition}"
+        if self.layout == "merged":
+            return self.stream
+        if self.spread:
+            return self.stream.replace(self.tag, self.partition_tag(partition), 1)
+        return f"{self.stream}:{partition}"
 
     def streams(self, partitions: list[int]) -> list[str]:
         if self.layout == "merged":
@@ -92,7 +115,7 @@ class Ingestor:
         return args
 
     def call(self, partition: int, args: list, pipe=None):
-        keys = [self.keys.state, self.keys.stream_for(partition)]
+        keys = [self.keys.partition_state(partition), self.keys.stream_for(partition)]
         return self.script(keys=keys, args=args, client=pipe or self.client)
 
     def call_many(self, batches: list[tuple[int, list]]) -> list:
@@ -114,31 +137,39 @@ class Ingestor:
         return replies
 
     def _call_many_cluster(self, batches: list[tuple[int, list]]) -> list:
-        """The packed round trip to the primary that owns the migration's slot (every key of a
-        migration shares its hash tag). Calls answered with a redirect (the slot moved, or is
+        """One packed round trip per primary that owns a partition's slot (one primary for
+        the single-slot layouts). Calls answered with a redirect (the slot moved, or is
         moving) are made again one by one, in order, through the cluster client, which
         follows MOVED and ASK, waits out TRYAGAIN and refreshes its slot map; once a call is
-        redirected every later one in the round is too, and none of them ran."""
+        redirected every later one of that node's round is too, and none of them ran."""
         cluster = self.client
-        node = cluster.get_node_from_key(self.keys.state)
-        try:
-            replies = self._round(cluster.get_redis_connection(node).connection_pool, batches)
-        except (redis.ConnectionError, redis.TimeoutError):
-            cluster.nodes_manager.initialize()  # the node may be gone: learn the map again
-            raise
-        for i, reply in enumerate(replies):
-            if isinstance(reply, REDIRECTS):
-                replies[i] = self._retry(*batches[i])
+        by_node: dict[str, list[int]] = {}
+        nodes = {}
+        for i, (partition, _) in enumerate(batches):
+            node = cluster.get_node_from_key(self.keys.partition_state(partition))
+            nodes[node.name] = node
+            by_node.setdefault(node.name, []).append(i)
+        replies: list = [None] * len(batches)
+        for name, indexes in by_node.items():
+            pool = cluster.get_redis_connection(nodes[name]).connection_pool
+            try:
+                answered = self._round(pool, [batches[i] for i in indexes])
+            except (redis.ConnectionError, redis.TimeoutError):
+                cluster.nodes_manager.initialize()  # the node may be gone: learn the map again
+                raise
+            for i, reply in zip(indexes, answered, strict=True):
+                replies[i] = self._retry(*batches[i]) if isinstance(reply, REDIRECTS) else reply
         return replies
 
     def _round(self, pool: redis.ConnectionPool, batches: list[tuple[int, list]]) -> list:
         """Every call packed with hiredis, sent on one connection of ``pool``, replies read
         in order (a failed call's ResponseError in its place)."""
-        state = self.keys.state
+        state_for = self.keys.partition_state
         stream_for = self.keys.stream_for
         pack = hiredis.pack_command
         payload = b"".join(
-            pack(("EVALSHA", self.sha, 2, state, stream_for(p), *args)) for p, args in batches
+            pack(("EVALSHA", self.sha, 2, state_for(p), stream_for(p), *args))
+            for p, args in batches
         )
         conn = pool.get_connection()
         try:
@@ -248,9 +279,38 @@ def arm_migration(
             topic.fingerprints.get(partition, ""),
         ]
     try:
-        return int(script(keys=[keys.state, *keys.streams(sorted(topic.starts))], args=args))
+        if not keys.spread:
+            return int(script(keys=[keys.state, *keys.streams(sorted(topic.starts))], args=args))
+        return _arm_spread(client, keys, script, args)
     except redis.ResponseError as exc:
         raise script_error(exc) from exc
+
+
+def _arm_spread(client, keys: MigrationKeys, script, args: list) -> int:
+    """Arming the spread layout: the migration-wide state first (the topic's identity, with
+    no partition), then each partition in its own slot (its state hash and stream, the same
+    script and checks), then the partition's ``armed:<p>`` mark in the migration-wide state.
+    Each step is idempotent, so an interrupted arming is finished by the next one."""
+    head, per_partition = args[:5], args[5:]
+    script(keys=[keys.state], args=head)
+    skew = client.hget(keys.state, "max_future_skew_ms")
+    armed = 0
+    for i in range(0, len(per_partition), 4):
+        partition = int(per_partition[i])
+        pstate = keys.partition_state(partition)
+        armed += int(
+            script(keys=[pstate, keys.stream_for(partition)], args=head + per_partition[i : i + 4])
+        )
+        if skew is not None:
+            client.hset(pstate, "max_future_skew_ms", skew)
+        client.hset(keys.state, f"armed:{partition}", 1)
+    return armed
+
+
+def armed_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int]:
+    """The partitions armed in the spread layout (their ``armed:<p>`` marks)."""
+    fields = client.hkeys(keys.state)
+    return sorted(int(f[6:]) for f in fields if f.startswith(b"armed:"))
 
 
 def record_max_future_skew(client: redis.Redis, keys: MigrationKeys, skew_ms: int) -> None:
@@ -258,11 +318,28 @@ def record_max_future_skew(client: redis.Redis, keys: MigrationKeys, skew_ms: in
     ``max(min(record ts, server time + skew), last ID ms)``, whichever process writes it
     (the scripts use 5 minutes until the mirror has recorded the configured value)."""
     client.hset(keys.state, "max_future_skew_ms", skew_ms)
+    if keys.spread:
+        for partition in armed_partitions(client, keys):
+            client.hset(keys.partition_state(partition), "max_future_skew_ms", skew_ms)
+
+
+def read_state_fields(client: redis.Redis, keys: MigrationKeys) -> dict[bytes, bytes]:
+    """Every field of the migration's state: the migration-wide hash and, in the spread
+    layout, each armed partition's state hash (its ``frontier:<p>``, ``start:<p>``, ...;
+    the migration-wide fields win where both hold one)."""
+    raw = client.hgetall(keys.state)
+    if not keys.spread:
+        return raw
+    merged: dict[bytes, bytes] = {}
+    for partition in sorted(int(f[6:]) for f in raw if f.startswith(b"armed:")):
+        merged.update(client.hgetall(keys.partition_state(partition)))
+    merged.update(raw)
+    return merged
 
 
 def read_state(client: redis.Redis, keys: MigrationKeys) -> tuple[dict[int, int], dict[int, int]]:
-    """(start, frontier) per partition as recorded in the state hash."""
-    raw = client.hgetall(keys.state)
+    """(start, frontier) per partition as recorded in the state."""
+    raw = read_state_fields(client, keys)
     starts: dict[int, int] = {}
     frontiers: dict[int, int] = {}
     for field, value in raw.items():

@@ -361,7 +361,9 @@ class DualWriter:
         it). An unarmed migration does not restrict the count."""
         if found <= known:
             return known
-        armed = self.redis.hmget(self.keys.state, [f"frontier:{p}" for p in range(found)])
+        armed = [
+            self.redis.hget(self.keys.partition_state(p), f"frontier:{p}") for p in range(found)
+        ]
         if not any(armed):
             return found
         usable = max(known, 0)
