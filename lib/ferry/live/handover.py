@@ -48,6 +48,10 @@ class Translation:
     reset_offsets: dict[int, int] = field(default_factory=dict)
     # partitions committed below the migration's start, accepted: (committed, start)
     gaps: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # how the start was found: "seek" (a few probes, see seek_plan) or "scan" (every entry
+    # read); scan_reason says why the seek could not be used
+    method: str = "scan"
+    scan_reason: str = ""
 
 
 def group_offsets_key(keys: MigrationKeys, group: str) -> str:
@@ -221,6 +225,10 @@ def _state_now(client: redis.Redis, keys: MigrationKeys):
     return starts, positions, _id_tuple(last[0][0].decode() if last else "0-0")
 
 
+def _id_text(entry_id: tuple[int, int]) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
 def _id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -249,6 +257,8 @@ def _stored_translation(client: redis.Redis, keys: MigrationKeys, group: str):
         record["reset"],
         ints(record["reset_offsets"]),
         {int(p): tuple(g) for p, g in json.loads(record["gaps"]).items()},
+        record.get("method", "scan"),
+        record.get("scan_reason", ""),
     )
 
 
@@ -271,6 +281,234 @@ def _unchanged_since(done: Translation, committed: dict[int, int], reset: str) -
             "where the hand-over put them"
         )
     return done
+
+
+class SeekRefused(Exception):
+    """The seek cannot prove its answer equals the scan's (the reason is the message)."""
+
+
+def scan_plan(
+    client: redis.Redis,
+    keys: MigrationKeys,
+    offsets: dict[int, int],
+    consumed: set[str],
+    latest: set[int],
+    last_id: tuple[int, int],
+) -> tuple[str, int, int]:
+    """:func:`plan_translation` over every entry of the stream, read in order. Entries
+    written Redis-first into a ``latest`` partition up to ``last_id`` are added to
+    ``consumed`` (the caller stores them with the group)."""
+
+    def entries():
+        for raw_id, fields in scan_stream(client, keys.stream):
+            entry_id, record = raw_id.decode(), entry_to_record(fields)
+            if (
+                record.offset == REDIS_ORIGIN
+                and record.partition in latest
+                and _id_tuple(entry_id) <= last_id
+            ):
+                consumed.add(entry_id)  # before plan_translation looks it up
+            yield entry_id, record
+
+    return plan_translation(entries(), offsets, consumed)
+
+
+# One probe of the seek, server-side: from ID x, read forward (entries after x, up to the
+# snapshot's last ID) and backward (entries at or before x) in chunks, alternately, until every
+# partition asked for has been seen once in either direction. Per partition p it returns
+# M = the offset of p's first entry after x (forward: that entry's offset; backward: the offset
+# of p's last entry at or before x, plus one). Entries written Redis-first (no offset) are not
+# looked at: the seek is refused when there may be any.
+# KEYS[1] stream. ARGV: x, upper, budget (entries read at most), chunk, early ('1': return as
+# soon as a partition's M passes its threshold), then pairs (partition, threshold).
+# Returns {status, forward ended (0/1), backward ended (0/1), p1, M1, p2, M2, ...};
+# status: 'done' (every partition seen or both directions ended), 'early', 'budget'.
+SEEK_PROBE_LUA = """
+local stream, x, upper = KEYS[1], ARGV[1], ARGV[2]
+local budget, chunk, early = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+local thr, seen, left, out, read = {}, {}, 0, {}, 0
+for i = 6, #ARGV, 2 do
+  thr[ARGV[i]] = tonumber(ARGV[i + 1])
+  left = left + 1
+end
+local function take(entry, forward)
+  local f, p, o = entry[2], nil, nil
+  for i = 1, #f, 2 do
+    if f[i] == 'p' then p = f[i + 1] elseif f[i] == 'o' then o = f[i + 1] end
+    if p ~= nil and o ~= nil then break end
+  end
+  if p == nil or o == nil or o == '' or thr[p] == nil or seen[p] then
+    return false
+  end
+  local m = tonumber(o)
+  if not forward then m = m + 1 end
+  seen[p] = true
+  left = left - 1
+  out[#out + 1] = p
+  out[#out + 1] = tostring(m)
+  return early and m > thr[p]
+end
+local fwd, bwd, fwd_open, bwd_open = '(' .. x, x, true, true
+local status = 'done'
+while left > 0 and (fwd_open or bwd_open) and status == 'done' do
+  if read >= budget then
+    status = 'budget'
+    break
+  end
+  if fwd_open then
+    local got = redis.call('XRANGE', stream, fwd, upper, 'COUNT', chunk)
+    read = read + #got
+    for _, e in ipairs(got) do
+      if take(e, true) then status = 'early' break end
+    end
+    if #got < chunk then fwd_open = false else fwd = '(' .. got[#got][1] end
+  end
+  if bwd_open and left > 0 and status == 'done' then
+    local got = redis.call('XREVRANGE', stream, bwd, '-', 'COUNT', chunk)
+    read = read + #got
+    for _, e in ipairs(got) do
+      if take(e, false) then status = 'early' break end
+    end
+    if #got < chunk then bwd_open = false else bwd = '(' .. got[#got][1] end
+  end
+end
+return {status, fwd_open and 0 or 1, bwd_open and 0 or 1, unpack(out)}
+"""
+SEEK_BUDGET = 100_000  # entries one probe may read before the seek gives up for the scan
+SEEK_CHUNK = 500
+MAX_SEQ = 2**64 - 1
+
+
+@dataclass
+class _Dense:
+    """A stream proven dense: partition p's entries are exactly the offsets ``lo[p]..hi[p]``,
+    each once, in order (so an entry's rank follows from offsets)."""
+
+    lo: dict[int, int]
+    hi: dict[int, int]
+    length: int
+    first: tuple[int, int]
+    last: tuple[int, int]
+
+
+def _dense_snapshot(client, keys: MigrationKeys, config: StreamConfig) -> _Dense:
+    """The stream's length and ends, and each partition's range ``[max(start, trimmed + 1),
+    frontier]``, read between two identical reads of the state; refused (SeekRefused) unless
+    the ranges' sizes add up to the length. Entries of one partition are in offset order and
+    never repeat (the ingest script's invariants, which ``ferry validate`` proves), so the sum
+    of the ranges bounds the number of Kafka-origin entries, and equality means no offset of
+    any range is missing: no gap from transaction markers, aborted records, compaction or a
+    deleted entry, and no entry written Redis-first."""
+    from ferry.redis.retention import read_trimmed
+
+    for _ in range(3):
+        before = read_state(client, keys), read_trimmed(client, config)
+        length = client.xlen(keys.stream)
+        head = client.xrange(keys.stream, count=1)
+        tail = client.xrevrange(keys.stream, count=1)
+        after = read_state(client, keys), read_trimmed(client, config)
+        if before == after:
+            break
+    else:
+        raise SeekRefused("the state kept moving while the stream's length was read")
+    (starts, frontiers), trimmed = before
+    lo = {p: max(s, trimmed.get(p, -1) + 1) for p, s in starts.items()}
+    hi = {p: frontiers.get(p, s - 1) for p, s in starts.items()}
+    spans = sum(max(0, hi[p] - lo[p] + 1) for p in starts)
+    if spans != length:
+        raise SeekRefused(
+            f"offsets not dense: the partitions' ranges hold {spans} offsets, the stream "
+            f"{length} entries (transaction markers, compaction, deleted or Redis-first entries)"
+        )
+    if not length:
+        return _Dense(lo, hi, 0, (0, 0), (0, 0))
+    return _Dense(lo, hi, length, _id_tuple(head[0][0].decode()), _id_tuple(tail[0][0].decode()))
+
+
+def seek_plan(
+    client: redis.Redis,
+    keys: MigrationKeys,
+    config: StreamConfig,
+    offsets: dict[int, int],
+    consumed: set[str] | frozenset[str] = frozenset(),
+) -> tuple[str, int, int]:
+    """What :func:`scan_plan` answers, found with O(log) probes instead of reading the stream.
+
+    An entry is consumed when its offset is below ``offsets[p]``. Within a partition entries
+    follow offsets and IDs never go back, so "some entry at or before ID x is unconsumed" is
+    false up to the first unconsumed entry F and true from it on: a binary search over IDs
+    (milliseconds, then the sequence within one) finds F, each step one probe
+    (:data:`SEEK_PROBE_LUA`). On a dense stream (:func:`_dense_snapshot`) the probe's
+    per-partition offsets at F give the ranks: ENTRIESREAD = sum of (M[p] - lo[p]), the
+    consumed entries after F = sum of (min(offsets[p], hi[p] + 1) - M[p]) where positive.
+    Raises :class:`SeekRefused` when it cannot prove the answer equal to the scan's."""
+    if consumed:
+        raise SeekRefused("the group consumed shadows of entries written Redis-first")
+    raw = client.hgetall(keys.state)
+    if any(k.startswith(b"primary_from:") for k in raw):
+        raise SeekRefused("the stream may hold entries written Redis-first")
+    dense = _dense_snapshot(client, keys, config)
+    if not dense.length:
+        return "0-0", 0, 0
+    present = [p for p in dense.lo if dense.hi[p] >= dense.lo[p]]
+    threshold = {p: max(dense.lo[p], offsets.get(p, 0)) for p in present}
+    # partitions whose entries are all consumed never make an entry unconsumed
+    open_ = [p for p in present if threshold[p] <= dense.hi[p]]
+    probe = client.register_script(SEEK_PROBE_LUA)
+    upper = _id_text(dense.last)
+
+    def marks(x: tuple[int, int], parts: list[int], early: bool) -> tuple[str, dict[int, int]]:
+        x = min(x, dense.last)  # never past the snapshot: later entries are not counted
+        args = [_id_text(x), upper, SEEK_BUDGET, SEEK_CHUNK, "1" if early else "0"]
+        for p in parts:
+            args += [p, threshold[p]]
+        status, fwd_end, bwd_end, *pairs = probe(keys=[keys.stream], args=args)
+        status = status.decode() if isinstance(status, bytes) else status
+        if status == "budget":
+            raise SeekRefused(
+                f"a probe read {SEEK_BUDGET} entries without meeting every partition "
+                "(partitions far apart in the stream)"
+            )
+        m = {int(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        if status == "done":
+            for p in parts:
+                if p not in m:  # no entry of p on one side of x
+                    m[p] = dense.hi[p] + 1 if fwd_end else dense.lo[p]
+        return status, m
+
+    def unconsumed_at_or_before(x: tuple[int, int]) -> bool:
+        status, m = marks(x, open_, early=True)
+        return status == "early" or any(m[p] > threshold[p] for p in open_)
+
+    if not open_ or not unconsumed_at_or_before(dense.last):
+        return _id_text(dense.last), dense.length, 0  # every entry consumed
+    low, high = dense.first[0], dense.last[0]  # the first ms whose end has an unconsumed entry
+    while low < high:
+        mid = (low + high) // 2
+        if unconsumed_at_or_before((mid, MAX_SEQ)):
+            high = mid
+        else:
+            low = mid + 1
+    ms = low
+    top = client.xrevrange(keys.stream, max=_id_text((ms, MAX_SEQ)), min=_id_text((ms, 0)), count=1)
+    low, high = 0, _id_tuple(top[0][0].decode())[1] if top else MAX_SEQ
+    while low < high:
+        mid = (low + high) // 2
+        if unconsumed_at_or_before((ms, mid)):
+            high = mid
+        else:
+            low = mid + 1
+    first_unconsumed = _id_text((ms, low))
+    found = client.xrange(keys.stream, min=first_unconsumed, max=first_unconsumed)
+    record = entry_to_record(found[0][1]) if found else None
+    if record is None or record.offset < offsets.get(record.partition, 0):
+        raise SeekRefused(f"the seek landed on {first_unconsumed}, not an unconsumed entry")
+    before = (ms, low - 1) if low else (ms - 1, MAX_SEQ)
+    status, m = marks(before, present, early=False)
+    entries_read = sum(m[p] - dense.lo[p] for p in present)
+    skipped = sum(max(0, min(offsets.get(p, 0), dense.hi[p] + 1) - m[p]) for p in present)
+    previous = client.xrevrange(keys.stream, max="(" + first_unconsumed, count=1)
+    return (previous[0][0].decode() if previous else "0-0"), entries_read, skipped
 
 
 def translate_group(
@@ -321,22 +559,21 @@ def translate_group(
     # latest: entries written Redis-first into a never-committed partition before the
     # hand-over instant are passed over like the Kafka-origin ones below its position
     latest = set(reset_offsets) if reset == "latest" else set()
-
-    def entries():
-        for raw_id, fields in scan_stream(client, keys.stream):
-            entry_id, record = raw_id.decode(), entry_to_record(fields)
-            if (
-                record.offset == REDIS_ORIGIN
-                and record.partition in latest
-                and _id_tuple(entry_id) <= last_id
-            ):
-                consumed.add(entry_id)  # before plan_translation looks it up
-            yield entry_id, record
-
-    start_id, entries_read, skipped = plan_translation(entries(), offsets, consumed)
+    method, why = "seek", ""
+    try:
+        start_id, entries_read, skipped = seek_plan(client, keys, config, offsets, consumed)
+    except SeekRefused as exc:
+        method, why = "scan", str(exc)
+        start_id, entries_read, skipped = scan_plan(
+            client, keys, offsets, consumed, latest, last_id
+        )
+    logger.info(
+        "group %s: start %s, entries read %d, skipped later %d (%s%s)",
+        group, start_id, entries_read, skipped, method, f": {why}" if why else "",
+    )  # fmt: skip
     translation = Translation(
         group, keys.stream, dict(committed), start_id, entries_read, skipped, reset,
-        reset_offsets, gaps,
+        reset_offsets, gaps, method, why,
     )  # fmt: skip
     spec = {
         "offsets": {str(p): str(o) for p, o in offsets.items()},
@@ -352,6 +589,8 @@ def translate_group(
             "reset_offsets": json.dumps({str(p): o for p, o in reset_offsets.items()}),
             "gaps": json.dumps({str(p): list(g) for p, g in gaps.items()}),
             "at_ms": str(int(time.time() * 1000)),
+            "method": method,
+            "scan_reason": why,
         },
     }
     base = group_offsets_key(keys, group)
