@@ -21,10 +21,31 @@ def start_cluster_like(services: Services, folder: Path) -> LocalCluster:
     return start_redis_cluster(folder, server=(services.redis_kind, services.redis_binary))
 
 
+# ACL users are each node's own: a test's ACL SETUSER, DELUSER and LOG go to every node (an
+# operator runs them with ``redis-cli --cluster call``), and ACL LOG lists every node's entries
+_EVERY_NODE = ("ACL SETUSER", "ACL DELUSER", "ACL LOG")
+
+
+def _merged(command: str, replies: dict) -> object:
+    values = list(replies.values())
+    if all(isinstance(v, list) for v in values):
+        return [entry for v in values for entry in v]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return max(values)
+    return all(values)
+
+
+class EveryNodeAcl(RedisCluster):
+    """The tests' cluster client: as redis-py's, with the ACL commands sent to every node."""
+
+    COMMAND_FLAGS = {**RedisCluster.COMMAND_FLAGS, **dict.fromkeys(_EVERY_NODE, "all")}
+    RESULT_CALLBACKS = {**RedisCluster.RESULT_CALLBACKS, **dict.fromkeys(_EVERY_NODE, _merged)}
+
+
 def cluster_client(local: LocalCluster, seed: int | None = None) -> RedisCluster:
     """A cluster client seeded from every node, or from node ``seed`` alone."""
     ports = local.ports if seed is None else (local.ports[seed],)
-    return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports])
+    return EveryNodeAcl(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports])
 
 
 def node_client(port: int) -> redis.Redis:

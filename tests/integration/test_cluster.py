@@ -27,10 +27,12 @@ from ferry.redis.target import connect_redis
 from ferry.services.seed import BASE_TS_MS, SeedRecord, payment_events, produce_records
 
 from . import (
+    test_acl_roles,
     test_finish,
     test_idempotency,
     test_live,
     test_mirror,
+    test_preflight,
     test_primary,
     test_retention,
     test_validate,
@@ -121,6 +123,12 @@ test_finish_group_not_handed_over = test_finish.test_a_group_not_handed_over_ref
 test_finish_cli = test_finish.test_the_cli_refuses_in_one_line_then_finishes
 test_rollback_plan_and_act = test_live.test_rollback_plan_then_act_and_writers_follow
 test_rollback_step = test_live.test_rollback_step_runs_on_demand
+test_preflight_passes = test_preflight.test_preflight_passes_on_a_fresh_target_then_on_ferrys_own
+test_preflight_foreign_key = test_preflight.test_preflight_names_a_key_ferry_did_not_write
+# ACL users on every node (cluster.EveryNodeAcl): preflight's probe, and each role's line
+acl_user = test_acl_roles.acl_user
+test_preflight_acl_probe = test_acl_roles.test_preflight_checks_the_user_against_each_roles_list
+test_validator_role = test_acl_roles.test_the_validator_role_validates_and_cannot_write
 
 
 def test_a_migration_on_another_node_than_the_seed_follows_moved(make_stream, local_cluster):
@@ -266,3 +274,26 @@ def test_records_produced_while_the_slot_moves_reach_the_mirror(make_stream, loc
     finally:
         client.close()
     assert by_partition(r for _, r in entries) == expected_records(stream.records + late)
+
+
+def test_preflight_names_the_primary_where_a_role_lacks_a_command(
+    make_stream, acl_user, local_cluster
+):
+    """ACL users are each node's own: a user who may run TYPE on the migration's node but not
+    on another primary (where the slot may move) fails preflight, which names that node."""
+    from ferry.runbook.preflight import run_preflight
+
+    stream = make_stream(test_acl_roles.records(10), partitions=2)
+    creds = acl_user("mirror", stream.config.name)
+    _, config = test_acl_roles.as_user(stream, creds)
+    home = owner_port(local_cluster, slot_of("{" + stream.config.name + "}"))
+    other = next(p for p in local_cluster.ports if p != home)
+    with node_client(other) as plain:
+        plain.execute_command("ACL", "SETUSER", creds["user"], "-type")
+    checks = {c.name.split(" (")[0]: c for c in run_preflight(config).checks}
+    mirror = checks["Redis user may act as the mirror"]
+    assert not mirror.ok
+    assert mirror.detail == f"lacks type on 127.0.0.1:{other}; see `ferry acl mirror`"
+    validator = checks["Redis user may act as the validator"]  # refused by every primary
+    assert validator.detail == "lacks xlen, get; see `ferry acl validator`"
+    assert backfill(config, progress=False).records == 10  # the home node lets it work today

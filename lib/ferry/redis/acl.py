@@ -13,6 +13,10 @@ from dataclasses import dataclass
 # Redis 7.0 lacks; redis-py ignores a refusal, so the lines leave it out), and preflight
 # tries a role's commands inside MULTI ... DISCARD, which runs none of them.
 CONNECT = ("ping", "hello", "multi", "discard")
+# Every role on a Redis Cluster: redis-py's cluster client learns the slot map (CLUSTER SLOTS)
+# and where each command's keys are (COMMAND; COMMAND GETKEYS for XREAD and XREADGROUP) from
+# the servers. Both only describe; a standalone server answers CLUSTER SLOTS with an error.
+CLUSTER_CLIENT = ("cluster|slots", "command")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ ROLES: dict[str, Role] = {
             "mirror",
             "ferry backfill, one-shot and --follow (arming, the ingest script, heartbeat)",
             (
+                *CLUSTER_CLIENT,
                 "info",  # server kind and version, persistence, run_id after a restart
                 "config|get",  # maxmemory-policy and size limits; optional, defaults if denied
                 "bgrewriteaof",  # only after a server restart with an AOF (see README)
@@ -59,12 +64,23 @@ ROLES: dict[str, Role] = {
         Role(
             "validator",
             "ferry validate and the runbook's read-only checks",
-            ("info", "hget", "hgetall", "exists", "xrange", "xrevrange", "xlen", "get"),
+            (
+                *CLUSTER_CLIENT,
+                "info",
+                "hget",
+                "hgetall",
+                "exists",
+                "xrange",
+                "xrevrange",
+                "xlen",
+                "get",
+            ),
         ),
         Role(
             "writer",
             "DualWriter in every phase: dual-write, Redis-first with shadows, the registry",
             (
+                *CLUSTER_CLIENT,
                 "evalsha",
                 "script|load",
                 "script|exists",
@@ -83,6 +99,7 @@ ROLES: dict[str, Role] = {
             "consumer",
             "the consumer helper on a handed-over group: read, acknowledge, claim, dead-letter",
             (
+                *CLUSTER_CLIENT,
                 "exec",  # acknowledgement and dead-lettering in one MULTI
                 "hgetall",
                 "hdel",
@@ -156,6 +173,8 @@ PROBES: dict[str, tuple[str, ...]] = {
     "xack": ("XACK", "{key}", "g", "0-1"),
     "xautoclaim": ("XAUTOCLAIM", "{key}", "g", "c", "0", "0-0", "COUNT", "1"),
     "time": ("TIME",),
+    "cluster|slots": ("CLUSTER", "SLOTS"),
+    "command": ("COMMAND", "COUNT"),
     # no probe for EXEC: queued inside MULTI it would run the transaction; none for WATCH and
     # UNWATCH either, which Redis refuses inside MULTI
 }
@@ -164,11 +183,39 @@ PROBES: dict[str, tuple[str, ...]] = {
 def denied_commands(client, commands: list[str], key: str) -> dict[str, str]:
     """Which of ``commands`` the connection's ACL user may not run on ``key``: each is
     queued inside MULTI (where Redis checks permissions) and the transaction discarded, so
-    nothing runs. Returns command -> Redis' refusal."""
+    nothing runs. Returns command -> Redis' refusal (on a cluster, the first node's that
+    refused, named)."""
+    denied: dict[str, str] = {}
+    for where, refused in denied_by_node(client, commands, key).items():
+        for command, refusal in refused.items():
+            denied.setdefault(command, f"{refusal} (on {where})" if where else refusal)
+    return denied
+
+
+def denied_by_node(client, commands: list[str], key: str) -> dict[str, dict[str, str]]:
+    """:func:`denied_commands` per server: ``{"": refusals}`` for a standalone server, and on
+    a Redis Cluster ``{"host:port": refusals}`` for every primary, since ACL users are each
+    node's own and a slot may move to any primary. A primary that does not own ``key``'s slot
+    checks the ACL before it answers MOVED, so the probe means the same on every node."""
+    from ferry.redis.target import is_cluster_client
+
+    if not is_cluster_client(client):
+        return {"": _denied_on(client, commands, key)}
+    return {
+        f"{node.host}:{node.port}": _denied_on(client.get_redis_connection(node), commands, key)
+        for node in client.get_primaries()
+    }
+
+
+def _denied_on(client, commands: list[str], key: str) -> dict[str, str]:
+    """The probe on one server: a standalone client, or one cluster node's."""
     import redis
 
     pool = client.connection_pool
-    conn = pool.get_connection()
+    try:
+        conn = pool.get_connection()
+    except redis.AuthenticationError as exc:  # a cluster node without the user
+        return dict.fromkeys(commands, f"cannot log in: {exc}")
     denied = {}
     try:
         conn.send_command("MULTI")
@@ -177,7 +224,7 @@ def denied_commands(client, commands: list[str], key: str) -> dict[str, str]:
             conn.send_command(*(a.format(key=key) for a in PROBES[command]))
             try:
                 conn.read_response()
-            except redis.ResponseError as exc:
+            except redis.ResponseError as exc:  # MOVED (another node's slot) is no refusal
                 if "NOPERM" in str(exc) or "no permissions" in str(exc):
                     denied[command] = " ".join(str(exc).split())
         conn.send_command("DISCARD")

@@ -163,18 +163,29 @@ def _persistence(client: redis.Redis, wanted: str) -> tuple[str, bool, str]:
 
 def _role_checks(client: redis.Redis, config: StreamConfig, result: Preflight) -> None:
     """Per role, whether the configured user may run its commands (ferry.redis.acl's lists, the
-    same ones ``ferry acl`` prints), tried without running anything."""
-    from ferry.redis.acl import ROLES, denied_commands
+    same ones ``ferry acl`` prints), tried without running anything; on a Redis Cluster on
+    every primary (ACL users are each node's own), naming the nodes where a command is refused
+    when not all of them refuse it."""
+    from ferry.redis.acl import ROLES, denied_by_node
 
     key = f"{config.hash_tag}:ferry:preflight"
     for role in ROLES.values():
-        denied = denied_commands(client, list(role.commands), key)
+        by_node = denied_by_node(client, list(role.commands), key)
+        where: dict[str, list[str]] = {}
+        for node, denied in by_node.items():
+            for command in denied:
+                where.setdefault(command, []).append(node)
+        lacks = ", ".join(
+            command + (f" on {', '.join(nodes)}" if len(nodes) < len(by_node) else "")
+            for command, nodes in where.items()
+        )
         result.add(
             f"Redis user may act as the {role.name} ({role.purpose})",
-            not denied,
-            ("lacks " + ", ".join(denied) + f"; see `ferry acl {role.name}`")
-            if denied
-            else f"{len(role.commands)} commands permitted",
+            not where,
+            f"lacks {lacks}; see `ferry acl {role.name}`"
+            if where
+            else f"{len(role.commands)} commands permitted"
+            + (f" on each of {len(by_node)} primaries" if len(by_node) > 1 else ""),
         )
 
 
