@@ -4,13 +4,16 @@ nothing lost, doubled or misordered."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 
-from confluent_kafka import ConsumerGroupState, Producer
+import pytest
+from confluent_kafka import ConsumerGroupState, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from ferry.core.ingest import migration_keys, read_state
@@ -80,8 +83,12 @@ class Workers:
         self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=log)
         return self.procs[name]
 
-    def client_id(self, name: str) -> str:
-        return f"-{self.procs[name].pid}"
+    def holding(self, name: str) -> list[int]:
+        """The partitions the worker last said it holds (its ``... now [0, 3]`` log line)."""
+        said = re.findall(
+            r": (?:assigned|revoked|lost) \[[\d, ]*\], now \[([\d, ]*)\]", self.log(name)
+        )
+        return [int(p) for p in said[-1].split(",") if p.strip()] if said else []
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")
@@ -97,29 +104,38 @@ class Workers:
         return codes
 
 
-def group_assignment(admin: AdminClient, group: str) -> dict[str, set[int]]:
-    """client id -> partitions, as the group coordinator describes a stable group ({} while
-    it rebalances)."""
-    (future,) = admin.describe_consumer_groups([group], request_timeout=10).values()
-    description = future.result(timeout=15)
+def group_members(admin: AdminClient, group: str) -> dict[str, set[int]] | None:
+    """client id -> partitions as the group coordinator describes a stable group; {} while
+    it rebalances or cannot say; None where the broker describes groups without their members
+    (Tansu 0.6)."""
+    try:
+        (future,) = admin.describe_consumer_groups([group], request_timeout=10).values()
+        description = future.result(timeout=15)
+    except KafkaException:  # NOT_COORDINATOR and the like while the group settles
+        return {}
     if description.state != ConsumerGroupState.STABLE:
         return {}
+    if not description.members:
+        return None
     return {
         m.client_id: {tp.partition for tp in m.assignment.topic_partitions}
         for m in description.members
     }
 
 
-def held_by(assignment: dict[str, set[int]], workers: Workers, names: list[str]) -> bool:
-    """Exactly the workers ``names`` are members, and together they hold every partition."""
-    owners = {
-        n: [parts for cid, parts in assignment.items() if cid.endswith(workers.client_id(n))]
-        for n in names
-    }
-    if len(assignment) != len(names) or not all(len(v) == 1 for v in owners.values()):
+def held_by(admin, group: str, workers: Workers, names: list[str]) -> bool:
+    """The workers ``names`` together hold every partition, each once, as each worker says it
+    was assigned (its log), and, where the broker describes members, exactly they are the
+    group's members with those partitions."""
+    said = {n: workers.holding(n) for n in names}
+    held = [p for parts in said.values() for p in parts]
+    if sorted(held) != list(range(PARTITIONS)):
         return False
-    held = [p for v in owners.values() for p in v[0]]
-    return sorted(held) == list(range(PARTITIONS))
+    members = group_members(admin, group)
+    if members is None:
+        return True
+    by_pid = {cid.rsplit("-", 1)[-1]: parts for cid, parts in members.items()}
+    return by_pid == {str(workers.procs[n].pid): set(said[n]) for n in names}
 
 
 def copied(redis_client, keys) -> int:
@@ -143,7 +159,7 @@ def test_workers_die_join_and_wake_without_losing_or_doubling(
 
     def assigned_to(*names):
         wait_until(
-            lambda: held_by(group_assignment(admin, group), workers, list(names)),
+            lambda: held_by(admin, group, workers, list(names)),
             f"the group held by exactly {names}",
             timeout_s=60,
         )
@@ -160,11 +176,7 @@ def test_workers_die_join_and_wake_without_losing_or_doubling(
 
         workers.start("w4")
         assigned_to("w2", "w3", "w4")
-        w2_had = next(
-            parts
-            for cid, parts in group_assignment(admin, group).items()
-            if cid.endswith(workers.client_id("w2"))
-        )
+        w2_had = workers.holding("w2")
 
         os.kill(workers.procs["w2"].pid, signal.SIGSTOP)  # w2 freezes mid-copy
         assigned_to("w3", "w4")
@@ -199,3 +211,49 @@ def test_workers_die_join_and_wake_without_losing_or_doubling(
     assert result.ok and result.redis == result.kafka, result
     # the Redis frontier is the authority: the workers' group committed nothing to Kafka
     assert group not in read_committed_groups(config, range(PARTITIONS))
+
+
+def test_two_groups_on_one_migration_write_nothing_twice(make_stream, redis_client, tmp_path):
+    """Two workers that each believe they hold every partition (two groups on one migration:
+    the worst case of a worker that missed a rebalance) race through the same history. The
+    frontier fences them: every record is appended once in all, and they notice each other
+    (a frontier beyond what they read) and read on from it. Without --follow each exits
+    once the whole migration reached the ends it saw at its start."""
+    stream = make_stream(list(payment_events(HISTORY, PARTITIONS)), partitions=PARTITIONS)
+    config_file = stream.write_config(tmp_path / "stream.yaml", batch_size=200)
+    procs = [
+        subprocess.Popen(
+            ferry_cli("backfill", config_file, "--group", group, "--no-progress"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for group in ("team-a", "team-b")
+    ]
+    outs = [proc.communicate(timeout=180) for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err.decode()[-2000:] for _, err in outs]
+    summaries = [json.loads(out) for out, _ in outs]
+    assert all(s["complete"] for s in summaries)
+    assert sum(s["records"] for s in summaries) == HISTORY  # appended once, by one or other
+    assert sum(s["overtaken"] for s in summaries) >= 1, summaries
+    keys = migration_keys(stream.config)
+    kafka = read_kafka_raw(stream.bootstrap, stream.config.kafka.topic, PARTITIONS)
+    ordered = [r for p in sorted(kafka) for r in kafka[p]]
+    result = reconcile(ordered, read_redis_records(redis_client, keys.stream))
+    assert result.ok and result.redis == HISTORY, result
+
+
+@pytest.mark.requires_broker(["apache"], reason="Tansu 0.6 takes any session timeout")
+def test_a_group_the_broker_refuses_is_one_line_and_exit_1(make_stream, tmp_path):
+    """A session timeout below the broker's group.min.session.timeout.ms: the broker refuses
+    the member; the worker stops with one line (exit 1), having written nothing."""
+    stream = make_stream(list(payment_events(100, 2)), partitions=2)
+    config_file = stream.write_config(tmp_path / "stream.yaml")
+    proc = subprocess.run(
+        ferry_cli("backfill", config_file, "--workers", "--session-timeout", 1000),
+        capture_output=True,
+        timeout=120,
+    )
+    err = proc.stderr.decode()
+    lines = [line for line in err.splitlines() if line.startswith("ferry: error:")]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert "consumer group" in lines[0] and "session timeout" in lines[0].lower(), lines[0]

@@ -319,7 +319,12 @@ class _Worker:
         )
         try:
             while not rides.should_stop() and not done:
-                records = source.poll_records(config.batch_size * 4, 0.1)
+                try:
+                    records = source.poll_records(config.batch_size * 4, 0.1)
+                except KafkaError as exc:
+                    if join_by:  # not a member yet: the broker refused the group
+                        raise self._no_group(str(exc)) from exc
+                    raise
                 if join_by and not source.consumer.memberid():
                     if time.monotonic() > join_by:
                         raise self._no_group()
@@ -354,14 +359,17 @@ class _Worker:
             complete=done,
         )
 
-    def _no_group(self) -> KafkaError:
+    def _no_group(self, cause: str | None = None) -> KafkaError:
         reported = [e.str() for e in list(self.source.errors)[-3:] if hasattr(e, "str")]
+        reported += [cause] if cause else []
+        within = "" if cause else f" within {JOIN_TIMEOUT_S:.0f}s"
         return KafkaError(
             f"the broker at {self.source.bootstrap} did not let this worker join consumer group "
-            f"{self.group!r} within {JOIN_TIMEOUT_S:.0f}s"
+            f"{self.group!r}{within}"
             + (f" ({'; '.join(reported)})" if reported else "")
-            + ": --workers needs a broker with Kafka consumer groups; run one mirror without "
-            "--workers instead"
+            + ": --workers needs a broker that runs Kafka consumer groups and accepts the "
+            "--session-timeout (its group.min/max.session.timeout.ms); without --workers one "
+            "mirror reads every partition"
         )
 
     def _plan(self, records: list) -> list[tuple]:
