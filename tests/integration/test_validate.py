@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from ferry.core.entries import FIELDS, record_args
 from ferry.core.mirror import backfill
 from ferry.core.validate import validate_stream
@@ -107,7 +109,14 @@ def test_cli_json_and_exit_status(make_stream, redis_client, tmp_path):
     assert json.loads(bad.stdout)["missing"] == 1
 
 
-def test_damage_on_both_sides_of_a_block_boundary_is_counted_once_each(make_stream, redis_client):
+@pytest.mark.parametrize("parallel", [False, True], ids=["one-process", "stream-in-a-process"])
+def test_damage_on_both_sides_of_a_block_boundary_is_counted_once_each(
+    make_stream, redis_client, monkeypatch, parallel
+):
+    from ferry.core import validate
+
+    if parallel:  # the stream read in another process, as on a large stream
+        monkeypatch.setattr(validate, "PARALLEL_ABOVE", 0)
     from ferry.core.tallies import BLOCK
 
     stream, entries = seeded(make_stream, redis_client, n=2 * (BLOCK + 200), partitions=2)

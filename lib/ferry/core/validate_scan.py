@@ -7,6 +7,7 @@ only) and, on a compacted topic, the latest offset of each key; not the number o
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from ferry.core.entries import (
 from ferry.core.ingest import MigrationKeys, read_state
 from ferry.errors import FerryError, KafkaError
 from ferry.kafka.source import KafkaSource
+
+logger = logging.getLogger("ferry.core.validate")
 
 SCAN_COUNT = 10_000
 STALL_KICK_S = 5.0  # no record for this long: the partitions left are assigned again
@@ -62,7 +65,15 @@ def read_kafka_range(
         elif time.monotonic() - max(last_progress, last_kick) > STALL_KICK_S:
             # a fetcher that went quiet after pauses (seen with kafka-python on Kafka 4.x under
             # live traffic): assign the partitions still to read at their positions again
-            source.assign({p: source.position(p) for p in todo})
+            positions = {p: source.position(p) for p in todo}
+            logger.warning(
+                "Kafka delivered nothing for %.0fs (%s) while reading partitions at %s: "
+                "assigning them again",
+                time.monotonic() - last_progress,
+                source.client_name,
+                positions,
+            )
+            source.assign(positions)
             last_kick = time.monotonic()
         for record in records:
             rng = todo.get(record.partition)
@@ -152,6 +163,18 @@ def classify(window: Window, p: int, offset: int) -> str:
     return "in"
 
 
+def scan_redis_of(config, streams: list[str], bounds: dict, window: Window) -> RedisSide:
+    """:func:`scan_redis` with a client of its own (run in another process beside the Kafka
+    read, so the two reads take the time of the longer one, not their sum)."""
+    from ferry.redis.target import connect_redis
+
+    client = connect_redis(config)
+    try:
+        return scan_redis(client, streams, bounds, window)
+    finally:
+        client.close()
+
+
 def scan_redis(client: redis.Redis, streams: list[str], bounds: dict, window: Window) -> RedisSide:
     side = RedisSide()
     last: dict[int, int] = {}
@@ -196,19 +219,40 @@ class KafkaSide:
     missing: dict[int, int] = field(default_factory=dict)  # shadows whose entry is missing
     mismatched: dict[int, int] = field(default_factory=dict)
     first_missing: dict[int, int] = field(default_factory=dict)
+    # shadows read, per partition: (entry ID they name, offset, digest without the header);
+    # compared with the Redis-first entries once the stream is read (resolve_shadows)
+    pending: dict[int, list[tuple[bytes, int, bytes]]] = field(default_factory=dict)
+
+    def resolve_shadows(
+        self, primary: dict[int, dict[bytes, bytes]], trimmed_id: dict[int, bytes]
+    ) -> None:
+        """Each shadow compared with the entry written to Redis first that it names."""
+        for p, shadows in self.pending.items():
+            for entry_id, offset, digest in shadows:
+                ours = primary.get(p, {}).get(entry_id)
+                if ours is None and retired_by_retention(entry_id, trimmed_id.get(p)):
+                    continue  # its entry was retired by retention, like a trimmed offset
+                _bump(self.seen, p)
+                if ours is None:
+                    _bump(self.missing, p)
+                    if offset < self.first_missing.get(p, offset + 1):
+                        self.first_missing[p] = offset
+                else:
+                    _bump(self.shadows, p)
+                    if ours != digest:
+                        _bump(self.mismatched, p)
+        self.pending = {}
 
 
 def scan_kafka(
     source: KafkaSource,
     ranges: dict[int, tuple[int, int]],
-    primary: dict[int, dict[bytes, bytes]],
-    trimmed_id: dict[int, bytes],
     gaps_allowed: bool,
     compacted: bool,
     on_progress: Callable[[int], None] | None = None,
 ) -> KafkaSide:
-    """One read of every Kafka range, folded into tallies; a shadow is compared at once with
-    the entry written to Redis first that it names."""
+    """One read of every Kafka range, folded into tallies; shadows are kept for
+    :meth:`KafkaSide.resolve_shadows` (the stream may still be being read)."""
     side = KafkaSide()
     expected = {p: first for p, (first, _) in ranges.items()}
     for record in read_kafka_range(source, ranges):
@@ -223,17 +267,8 @@ def scan_kafka(
             _bump(side.seen, p)
             tallies.add(side.blocks, p, record.offset, tallies.record_hash(record))
         else:
-            digest = primary.get(p, {}).get(entry_id)
-            if digest is None and retired_by_retention(entry_id, trimmed_id.get(p)):
-                continue  # its entry was retired by retention, like a trimmed offset
-            _bump(side.seen, p)
-            if digest is None:
-                _bump(side.missing, p)
-                side.first_missing.setdefault(p, record.offset)
-            else:
-                _bump(side.shadows, p)
-                if digest != record_digest(without_shadow_header(record)):
-                    _bump(side.mismatched, p)
+            digest = record_digest(without_shadow_header(record))
+            side.pending.setdefault(p, []).append((entry_id, record.offset, digest))
         if on_progress is not None:
             on_progress(1)
     return side
