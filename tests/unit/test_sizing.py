@@ -61,3 +61,39 @@ def test_chart_series_grow_monotonically():
 def test_bad_inputs_name_the_field(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
         replace_inputs(BASE, **{field: value})
+
+
+SPREAD = replace_inputs(BASE, partitions=16, layout="spread")
+
+
+def test_single_slot_layout_that_needs_many_shards_is_not_feasible():
+    s = size_target(BASE)  # 35 shards' worth of memory, in one slot
+    assert (s.feasible, s.shards) == (False, 35)
+    assert "use layout 'spread'" in s.limit
+
+
+def test_spread_plans_shards_from_partitions_as_well_as_bytes():
+    # 8.75 nodes' worth of memory (9 shards by bytes) over 16 partitions: 0.55 node each, so
+    # no shard can hold two; the partitions decide: 16 shards
+    s = size_target(replace_inputs(SPREAD, retention_s=7 * 86_400 / 4))
+    assert s.shards_for_memory == 9
+    assert (s.feasible, s.shards_for_partitions, s.shards, s.nodes) == (True, 16, 16, 32)
+    # 4.4 nodes' worth (5 by bytes): 0.27 node per partition, at most 3 per shard: 6 shards
+    s = size_target(replace_inputs(SPREAD, retention_s=7 * 86_400 / 8))
+    assert s.shards_for_memory == 5
+    assert (s.shards_for_partitions, s.shards) == (6, 6)
+    assert "busiest shard holding 3" in s.limit
+
+
+def test_spread_with_too_few_partitions_is_not_feasible():
+    s = size_target(SPREAD)  # 35 nodes' worth over 16 partitions: 2.2 nodes per partition
+    assert (s.feasible, s.shards_for_partitions, s.shards) == (False, None, 16)
+    assert "one partition alone" in s.limit
+
+
+def test_spread_rate_bound_counts_the_busiest_shard():
+    s = size_target(replace_inputs(SPREAD, retention_s=60, event_rate=200_000, xadd_rate=100_000))
+    # 200k/s over 16 partitions = 12.5k/s each; a node takes 75k/s: 6 partitions per shard at
+    # most, so 3 shards (busiest 6)
+    assert s.shards_for_throughput == 3
+    assert s.shards_for_partitions == 3
