@@ -143,9 +143,43 @@ def copied(redis_client, keys) -> int:
     return sum(f + 1 for f in frontiers.values())
 
 
-def test_workers_die_join_and_wake_without_losing_or_doubling(
-    make_stream, redis_client, services, tmp_path
-):
+def test_workers_die_join_and_wake_without_losing_or_doubling(make_stream, redis_client, tmp_path):
+    workers_die_join_and_wake(make_stream, redis_client, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(services, tmp_path_factory):
+    from .cluster import start_cluster_like
+
+    local = start_cluster_like(services, tmp_path_factory.mktemp(f"wcluster-{services.redis_kind}"))
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def cluster_redis(local_cluster):
+    from .cluster import cluster_client
+
+    client = cluster_client(local_cluster)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_cluster_stream(services, cluster_redis, local_cluster, request):
+    from .conftest import stream_factory
+
+    target = {"cluster": {"addresses": local_cluster.addresses}}
+    yield from stream_factory(services, cluster_redis, request, target, prefix="wc")
+
+
+@pytest.mark.redis_side
+def test_workers_on_a_3_primary_cluster(make_cluster_stream, cluster_redis, tmp_path):
+    """The same scenario with the stream on a local 3-primary Redis Cluster."""
+    workers_die_join_and_wake(make_cluster_stream, cluster_redis, tmp_path)
+
+
+def workers_die_join_and_wake(make_stream, redis_client, tmp_path):
     stream = make_stream(
         list(payment_events(HISTORY, PARTITIONS)), partitions=PARTITIONS, client="confluent"
     )
