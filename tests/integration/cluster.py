@@ -126,3 +126,72 @@ def _owner_seen_by(client: redis.Redis, slot: int) -> int | None:
         if first <= slot <= last:
             return int(primary[1])
     return None
+
+
+REPLICA_READY_TIMEOUT_S = 60.0
+
+
+def add_replica(local: LocalCluster, primary_port: int, folder: Path) -> tuple[int, int]:
+    """Start one more cluster-enabled server of the cluster's kind and make it a replica of
+    the primary at ``primary_port`` (CLUSTER MEET, CLUSTER REPLICATE); returns (port, pid)
+    once the replica's link to its primary is up and every node knows it as a replica."""
+    from ferry.services.servers import _redis_args, _spawn, _wait_ready, free_port, probe_redis
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port, bus = free_port(), free_port()
+    args = _redis_args(local.binary, port, folder)
+    args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+    args += ["--cluster-port", str(bus), "--cluster-node-timeout", "2000"]
+    log = folder / "redis.log"
+    proc = _spawn(args, log)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait_ready(f"{local.kind} replica", proc, lambda: probe_redis(url), log)
+    with node_client(port) as replica, node_client(primary_port) as primary:
+        primary_id = _node_id(primary)
+        replica.execute_command("CLUSTER MEET", "127.0.0.1", primary_port, _bus_port(primary))
+        deadline = time.monotonic() + REPLICA_READY_TIMEOUT_S
+        while True:  # the replica must know the primary before it can follow it
+            try:
+                replica.execute_command("CLUSTER REPLICATE", primary_id)
+                break
+            except redis.ResponseError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # the handshake, bounded by the deadline
+        ports = (*local.ports, port)
+        while not (
+            replica.info("replication").get("master_link_status") == "up"
+            and all(_knows_replica(p, port) for p in ports)
+        ):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the replica at {port} did not come up within the deadline")
+            time.sleep(0.05)  # replication handshake and gossip, bounded by the deadline
+    return port, proc.pid
+
+
+def _bus_port(client: redis.Redis) -> int:
+    return int(client.config_get("cluster-port")["cluster-port"])
+
+
+def _knows_replica(port: int, replica_port: int) -> bool:
+    with node_client(port) as client:
+        node = client.execute_command("CLUSTER NODES").get(f"127.0.0.1:{replica_port}")
+    return node is not None and "slave" in node["flags"] and "fail" not in node["flags"]
+
+
+def wait_for_owner(local: LocalCluster, slot: int, port: int, timeout_s: float = 60.0) -> None:
+    """Until the surviving nodes' slot maps name ``port`` as ``slot``'s primary."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = []
+        for p in local.ports:
+            try:
+                with node_client(p) as client:
+                    seen.append(_owner_seen_by(client, slot))
+            except redis.ConnectionError:
+                continue  # the dead one
+        if seen and all(s == port for s in seen):
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"slot {slot} did not fail over to {port} in time: {seen}")
+        time.sleep(0.05)  # the election and gossip, bounded by the deadline

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import redis
+import yaml
 
 import ferry
 from ferry.config import parse_config
@@ -35,9 +36,11 @@ from . import (
     test_preflight,
     test_primary,
     test_retention,
+    test_runbook,
     test_validate,
 )
 from .cluster import (
+    add_replica,
     cluster_client,
     move_slot,
     name_on_node,
@@ -45,6 +48,7 @@ from .cluster import (
     owner_port,
     slot_of,
     start_cluster_like,
+    wait_for_owner,
 )
 from .conftest import _counter, stream_factory
 from .helpers import Mirror, by_partition, expected_records, read_redis_records, wait_for_mirror
@@ -297,3 +301,126 @@ def test_preflight_names_the_primary_where_a_role_lacks_a_command(
     validator = checks["Redis user may act as the validator"]  # refused by every primary
     assert validator.detail == "lacks xlen, get; see `ferry acl validator`"
     assert backfill(config, progress=False).records == 10  # the home node lets it work today
+
+
+@pytest.fixture
+def runbook_stream(services, redis_client, local_cluster, tmp_path, monkeypatch, request):
+    """test_runbook's seeded topic and operator login, with the stream on the cluster (the
+    operator's ACL line on every node)."""
+    from ferry.config import load_config
+    from ferry.core.follower import stop_follower
+    from ferry.redis.acl import ROLES
+    from ferry.services.seed import awkward_records, create_topic
+
+    parts = test_runbook.PARTITIONS
+    name = "rbc-" + request.node.name.split("[")[0][-16:].replace("_", "-")
+    name += f"-{services.redis_kind}"
+    create_topic(services.kafka_bootstrap, name, parts)
+    produce_records(services.kafka_bootstrap, name, awkward_records(parts, big_value_bytes=50_000))
+    produce_records(services.kafka_bootstrap, name, payment_events(6000, parts - 1))
+    user = f"ferry-{name}"
+    line = ROLES["operator"].setuser_line(user, name)
+    redis_client.execute_command(*line.replace(">PASSWORD", f">{test_runbook.SENTINEL}").split())
+    monkeypatch.setenv("FERRY_TEST_REDIS_USER", user)
+    monkeypatch.setenv("FERRY_TEST_REDIS_PASSWORD", test_runbook.SENTINEL)
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "kafka": {"bootstrap_servers": services.kafka_bootstrap, "topic": name},
+                "redis": {
+                    **_cluster_doc(local_cluster),
+                    "username": {"env": "FERRY_TEST_REDIS_USER"},
+                    "password": {"env": "FERRY_TEST_REDIS_PASSWORD"},
+                },
+                "trim": {"max_len": 5000},
+            }
+        )
+    )
+    yield config, name
+    stop_follower(load_config(config))  # step 03 started one
+    redis_client.acl_deluser(user)
+    for key in redis_client.scan_iter(match=f"*{{{name}}}*"):
+        redis_client.delete(key)
+
+
+# ferry run, every step with live traffic, as the operator's ACL user, on the cluster
+test_runbook_full_run = test_runbook.test_full_run_passes_every_gate_and_archives_verifiably
+
+
+@pytest.fixture(scope="module")
+def failover_cluster(services, tmp_path_factory):
+    """A cluster of its own for the failover test (it leaves a primary dead), and the pids of
+    the replicas the test adds, stopped with it."""
+    from ferry.services.servers import _terminate
+
+    if services.kafka_kind != "tansu":
+        pytest.skip("the cluster tests run on one broker, Tansu (stack has none)")
+    folder = tmp_path_factory.mktemp(f"failover-{services.redis_kind}")
+    local = start_cluster_like(services, folder)
+    added: list[int] = []
+    yield local, added
+    local.stop()
+    for pid in added:
+        _terminate(pid)
+
+
+def test_the_migrations_primary_dies_and_its_replica_takes_over_nothing_lost(
+    failover_cluster, services, request, tmp_path
+):
+    """kill -9 of the primary that owns the migration's slot, while the mirror follows and a
+    writer dual-writes: the cluster is down until the replica is elected (CLUSTERDOWN, refused
+    connections, then MOVED to the replica); both wait it out, and afterwards every Kafka
+    record is in the stream once, in order. The replica may have missed the last writes the
+    primary acknowledged (replication is asynchronous): their entries and the frontier go
+    together (one script), so the mirror copies them again from Kafka."""
+    import os
+    import signal
+
+    local, added = failover_cluster
+    client = cluster_client(local)
+    factory = stream_factory(services, client, request, _cluster_doc(local), prefix="f")
+    make = next(factory)
+    writer = mirror = None
+    try:
+        stream = make(list(payment_events(600, 2)), partitions=2)
+        keys = migration_keys(stream.config)
+        slot = slot_of(keys.state)
+        primary = owner_port(local, slot)
+        replica, pid = add_replica(local, primary, tmp_path / "replica")
+        added.append(pid)
+        backfill(stream.config, progress=False)
+        start_dual_write(client, keys, "test")
+        mirror = Mirror(stream.config)
+        writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+        sent = 0
+        for what, n in ((b"before", 200), (b"while down", 300)):
+            for i in range(n):
+                writer.send(what + b" %d" % i, key=b"k%d" % (i % 7))
+            sent += n
+            if what == b"before":
+                writer.flush()
+                os.kill(local.pids[local.ports.index(primary)], signal.SIGKILL)
+        wait_for_owner(local, slot, replica)
+        for i in range(300):
+            writer.send(b"after %d" % i, key=b"k%d" % (i % 7))
+        sent += 300
+        writer.flush()
+        test_primary.wait_for_no_lag(stream.config)
+    finally:
+        if writer is not None:
+            writer.close()
+        if mirror is not None:
+            mirror.close()  # raises if the following mirror died
+    assert not writer.failed and writer.counts.failures == 0, writer.counts
+    assert writer.counts.delivered == sent
+    with node_client(replica) as plain:
+        assert plain.exists(keys.state, stream.config.redis.stream) == 2  # on the new primary
+    result = test_primary.check_both_sides(stream, client, 2)
+    assert result.ok, result
+    assert result.kafka == result.redis == 600 + sent
+    report = validate_stream(stream.config)
+    assert report.ok, report.failures()
+    next(factory, None)  # deletes the stream's keys
+    client.close()
