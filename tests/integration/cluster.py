@@ -21,6 +21,26 @@ def start_cluster_like(services: Services, folder: Path) -> LocalCluster:
     return start_redis_cluster(folder, server=(services.redis_kind, services.redis_binary))
 
 
+_SHARED: dict[str, LocalCluster] = {}
+
+
+def shared_cluster(request, services: Services) -> LocalCluster:
+    """The session's 3-primary cluster of the stack's Redis kind, started by the first test
+    that asks and stopped when the session ends: for tests that only use their own
+    migrations' keys (slots may move). A test that kills or reshapes nodes starts its own.
+    Skipped on stacks whose broker is not Tansu: the cluster tests run on one broker."""
+    import pytest
+
+    if services.kafka_kind != "tansu":
+        pytest.skip("the cluster tests run on one broker, Tansu (stack has none)")
+    kind = services.redis_kind
+    if kind not in _SHARED:
+        folder = request.getfixturevalue("tmp_path_factory").mktemp(f"cluster-{kind}")
+        _SHARED[kind] = start_cluster_like(services, folder)
+        request.config.add_cleanup(lambda: _SHARED.pop(kind).stop())
+    return _SHARED[kind]
+
+
 # ACL users are each node's own: a test's ACL SETUSER, DELUSER and LOG go to every node (an
 # operator runs them with ``redis-cli --cluster call``), and ACL LOG lists every node's entries
 _EVERY_NODE = ("ACL SETUSER", "ACL DELUSER", "ACL LOG")

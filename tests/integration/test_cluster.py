@@ -46,6 +46,7 @@ from .cluster import (
     name_on_node,
     node_client,
     owner_port,
+    shared_cluster,
     slot_of,
     start_cluster_like,
     wait_for_owner,
@@ -57,13 +58,9 @@ pytestmark = pytest.mark.redis_side
 
 
 @pytest.fixture(scope="session")
-def local_cluster(services, tmp_path_factory):
-    if services.kafka_kind != "tansu":
-        pytest.skip("the cluster tests run on one broker, Tansu (stack has none)")
-    folder = tmp_path_factory.mktemp(f"cluster-{services.redis_kind}")
-    local = start_cluster_like(services, folder)
-    yield local
-    local.stop()
+def local_cluster(services, request):
+    """The session's cluster of the stack's Redis kind (cluster.shared_cluster)."""
+    return shared_cluster(request, services)
 
 
 @pytest.fixture

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.core.ingest import MigrationKeys, _script, migration_keys, read_state
+from ferry.core.ingest import (
+    MigrationKeys,
+    _script,
+    migration_keys,
+    read_state,
+    read_state_fields,
+)
 from ferry.runbook.keda import lag_threshold  # noqa: F401  (its home until ferry.runbook.keda)
 
 
@@ -66,6 +72,9 @@ def trim_stream(
     policy = config.trim
     keys = migration_keys(config)
     starts, _ = read_state(client, keys)
+    # each stream with the hash its trim records go to: the migration's state, or in the
+    # spread layout the partition's own (same slot as its stream: one script, one shard)
+    state_of = {keys.stream_for(p): keys.partition_state(p) for p in sorted(starts)}
     streams = [k for k in keys.streams(sorted(starts)) if client.exists(k)]
     before = sum(client.memory_usage(k, samples=0) or 0 for k in streams)
     length_before = sum(client.xlen(k) for k in streams)
@@ -82,7 +91,7 @@ def trim_stream(
         for key in streams:
             while True:
                 calls += 1
-                reply = script(keys=[keys.state, key], args=args)
+                reply = script(keys=[state_of.get(key, keys.state), key], args=args)
                 n, length, group, held_at, forced = reply
                 n, length = int(n), int(length)
                 removed += n
@@ -127,7 +136,7 @@ def _held_back(
 
 def read_trimmed(client: redis.Redis, config: StreamConfig) -> dict[int, int]:
     """Highest offset per partition that retention removed from the stream."""
-    raw = client.hgetall(migration_keys(config).state)
+    raw = read_state_fields(client, migration_keys(config))
     return {int(k[8:]): int(v) for k, v in raw.items() if k.startswith(b"trimmed:")}
 
 
@@ -135,5 +144,8 @@ def read_trimmed_ids(
     client: redis.Redis, keys: MigrationKeys, partitions: list[int]
 ) -> dict[int, bytes | None]:
     """Per partition, the last entry ID retention removed from its stream (or None)."""
-    raw = {k: client.hget(keys.state, f"trimmed_id:{k}") for k in keys.streams(partitions)}
+    raw = {
+        keys.stream_for(p): client.hget(keys.partition_state(p), f"trimmed_id:{keys.stream_for(p)}")
+        for p in partitions
+    }
     return {p: raw[keys.stream_for(p)] for p in partitions}
