@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ferry.core.entries import KEY_NULL, VALUE_NULL, KafkaRecord, encode_headers, record_digest
 
 BLOCK = 4096
-_MASK = (1 << 128) - 1
+MASK = (1 << 128) - 1
 
 
 def entry_hash(offset: bytes, ts: bytes, flags: bytes, key: bytes, value: bytes, h: bytes) -> int:
@@ -63,7 +63,7 @@ class Tally:
 
     def add(self, value: int, entry_id: bytes | None = None) -> None:
         self.count += 1
-        self.total = (self.total + value) & _MASK
+        self.total = (self.total + value) & MASK
         if entry_id is not None:
             if self.first_id is None:
                 self.first_id = entry_id

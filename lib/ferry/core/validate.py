@@ -13,16 +13,15 @@ to Redis first whose shadow is not in the range yet are counted, not failed (``u
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 from ferry.config import StreamConfig
 from ferry.core.ingest import migration_keys, read_state
 from ferry.core.tallies import BlockResult
 from ferry.core.validate_scan import (  # noqa: F401 - read_kafka_range, scan_stream: imported from here
+    RedisScanProcess,
     Window,
     compare_differing,
     read_kafka_range,
@@ -30,7 +29,6 @@ from ferry.core.validate_scan import (  # noqa: F401 - read_kafka_range, scan_st
     retired_by_retention,
     scan_kafka,
     scan_redis,
-    scan_redis_of,
     scan_stream,
 )
 from ferry.errors import FerryError
@@ -280,9 +278,7 @@ def _read_both(
     if entries < PARALLEL_ABOVE:
         side = scan_redis(target, streams, bounds, window)
         return side, scan_kafka(source, ranges, gaps_allowed, compacted, on_progress)
-    spawn = multiprocessing.get_context("spawn")  # the Kafka clients' threads rule out fork
-    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        redis_side = pool.submit(scan_redis_of, config, streams, bounds, window)
+    with RedisScanProcess(config, streams, bounds, window) as redis_side:
         kafka = scan_kafka(source, ranges, gaps_allowed, compacted, on_progress)
         return redis_side.result(), kafka
 

@@ -7,7 +7,12 @@ only) and, on a compacted topic, the latest offset of each key; not the number o
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +21,10 @@ import redis
 
 from ferry.core import tallies
 from ferry.core.entries import (
+    KEY_NULL,
+    VALUE_NULL,
     KafkaRecord,
+    encode_headers,
     entry_id_key,
     entry_to_record,
     record_digest,
@@ -163,49 +171,154 @@ def classify(window: Window, p: int, offset: int) -> str:
     return "in"
 
 
-def scan_redis_of(config, streams: list[str], bounds: dict, window: Window) -> RedisSide:
-    """:func:`scan_redis` with a client of its own (run in another process beside the Kafka
-    read, so the two reads take the time of the longer one, not their sum)."""
+class RedisScanProcess:
+    """:func:`scan_redis` in a child interpreter with a client of its own, beside the Kafka
+    read in this one: both reads are CPU-bound in Python, so beside each other they take the
+    longer one's time, not their sum. A plain child (``python -c``), not multiprocessing:
+    the Kafka clients' threads rule out fork, and spawn would run the caller's ``__main__``
+    again. The arguments go in and the :class:`RedisSide` comes back pickled."""
+
+    def __init__(self, config, streams: list[str], bounds: dict, window: Window) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from ferry.core.validate_scan import _scan_child; _scan_child()",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.proc.stdin.write(pickle.dumps((config, streams, bounds, window)))
+        self.proc.stdin.close()
+
+    def result(self) -> RedisSide:
+        out = self.proc.stdout.read()
+        err = self.proc.stderr.read()
+        if self.proc.wait() != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise FerryError(f"reading the stream (child process) failed: {tail[0]}")
+        side = pickle.loads(out)
+        if isinstance(side, BaseException):
+            raise side
+        return side
+
+    def __enter__(self) -> RedisScanProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def _scan_child() -> None:
     from ferry.redis.target import connect_redis
 
-    client = connect_redis(config)
+    config, streams, bounds, window = pickle.loads(sys.stdin.buffer.read())
     try:
-        return scan_redis(client, streams, bounds, window)
-    finally:
-        client.close()
+        client = connect_redis(config)
+        try:
+            side = scan_redis(client, streams, bounds, window)
+        finally:
+            client.close()
+    except FerryError as exc:  # typed errors reach the caller as they are
+        side = exc
+    sys.stdout.buffer.write(pickle.dumps(side))
+
+
+_ENTRY_LAYOUT = [b"p", b"o", b"ts", b"f", b"k", b"v", b"h"]  # the ingest script's field order
+
+
+def _raw_chunks(client: redis.Redis, key: str, upto) -> Iterator[list]:
+    """The stream's entries up to ``upto`` in chunks, as the server sent them: ``[id, [name,
+    value, ...]]`` (redis-py's parsing into a dict per entry cost more than the rest of the
+    stream's side). On a cluster client, parsed entries turned back into that shape."""
+    if not isinstance(client, redis.Redis):
+        lower = "-"
+        while True:
+            chunk = client.xrange(key, min=lower, max=upto, count=SCAN_COUNT)
+            yield [[i, [x for kv in f.items() for x in kv]] for i, f in chunk]
+            if len(chunk) < SCAN_COUNT:
+                return
+            lower = "(" + chunk[-1][0].decode()
+    lower = "-"
+    while True:
+        chunk = client.execute_command("XRANGE", key, lower, upto, "COUNT", SCAN_COUNT, raw=True)
+        yield chunk
+        if len(chunk) < SCAN_COUNT:
+            return
+        lower = b"(" + chunk[-1][0]
+
+
+def _raw_xrange_reply(response, **options):
+    """XRANGE's reply unparsed when the call says ``raw=True`` (the default parse otherwise)."""
+    if options.get("raw"):
+        return response
+    from redis._parsers.helpers import parse_stream_list
+
+    return parse_stream_list(response)
 
 
 def scan_redis(client: redis.Redis, streams: list[str], bounds: dict, window: Window) -> RedisSide:
     side = RedisSide()
     last: dict[int, int] = {}
+    blocks, block_size, mask = side.blocks, tallies.BLOCK, tallies.MASK
+    blake2b = hashlib.blake2b
+    since, retire_below, frontiers = window.since, window.retire_below, window.frontiers
+    if isinstance(client, redis.Redis):
+        client.response_callbacks["XRANGE"] = _raw_xrange_reply
     for stream in streams:
         if bounds.get(stream) is None:
             continue
-        for entry_id, fields in scan_stream(client, stream, upto=bounds[stream]):
-            try:
-                p, raw_offset = int(fields[b"p"]), fields[b"o"]
-                if not raw_offset:
-                    record = entry_to_record(fields)
-                    side.primary.setdefault(p, {})[entry_id] = record_digest(record)
-                    _bump(side.primary_count, p)
-                    continue
-                offset = int(raw_offset)
-                where = classify(window, p, offset)
-                if where == "out":
-                    continue
-                if offset <= last.get(p, -1):
-                    _bump(side.out_of_order, p)
-                else:
-                    last[p] = offset
-                if where == "retired":
-                    _bump(side.retired, p)
-                elif where == "beyond":
-                    side.beyond.setdefault(p, []).append(offset)
-                else:
-                    _bump(side.count, p)
-                    tallies.add(side.blocks, p, offset, tallies.entry_fields_hash(fields), entry_id)
-            except (KeyError, ValueError) as exc:
-                raise FerryError(f"stream {stream} entry {entry_id.decode()}: {exc}") from exc
+        for chunk in _raw_chunks(client, stream, bounds[stream]):
+            for entry_id, flat in chunk:
+                try:
+                    if flat[0::2] == _ENTRY_LAYOUT:
+                        _, p, _, raw_offset, _, ts, _, flags, _, key, _, value, _, h = flat
+                        p = int(p)
+                    else:
+                        fields = dict(zip(flat[0::2], flat[1::2], strict=True))
+                        p, raw_offset = int(fields[b"p"]), fields[b"o"]
+                        if raw_offset:
+                            ts, flags, key, value, h = (fields[f] for f in _ENTRY_LAYOUT[2:])
+                    if not raw_offset:
+                        fields = dict(zip(flat[0::2], flat[1::2], strict=True))
+                        record = entry_to_record(fields)
+                        side.primary.setdefault(p, {})[entry_id] = record_digest(record)
+                        _bump(side.primary_count, p)
+                        continue
+                    offset = int(raw_offset)
+                    if offset < since.get(p, 0):
+                        continue  # out of the window
+                    if offset <= last.get(p, -1):
+                        _bump(side.out_of_order, p)
+                    else:
+                        last[p] = offset
+                    if offset < retire_below.get(p, -1):
+                        _bump(side.retired, p)
+                    elif offset > frontiers.get(p, -1):
+                        side.beyond.setdefault(p, []).append(offset)
+                    else:
+                        _bump(side.count, p)
+                        digest = blake2b(
+                            b"%b:%b:%b:%d:%b%d:%b%b"
+                            % (raw_offset, ts, flags, len(key), key, len(value), value, h),
+                            digest_size=16,
+                        ).digest()
+                        name = (p, offset // block_size)
+                        tally = blocks.get(name)
+                        if tally is None:
+                            tally = blocks[name] = tallies.Tally(first_id=entry_id)
+                        tally.count += 1
+                        tally.total = (tally.total + int.from_bytes(digest, "little")) & mask
+                        tally.last_id = entry_id
+                except (KeyError, ValueError) as exc:
+                    raise FerryError(f"stream {stream} entry {entry_id.decode()}: {exc}") from exc
     return side
 
 
@@ -255,17 +368,35 @@ def scan_kafka(
     :meth:`KafkaSide.resolve_shadows` (the stream may still be being read)."""
     side = KafkaSide()
     expected = {p: first for p, (first, _) in ranges.items()}
+    blocks, block_size, mask, blake2b = side.blocks, tallies.BLOCK, tallies.MASK, hashlib.blake2b
     for record in read_kafka_range(source, ranges):
-        p = record.partition
-        if record.offset != expected[p] and not gaps_allowed:
+        p, offset, ts, key, value, headers = record
+        if offset != expected[p] and not gaps_allowed:
             _bump(side.gaps, p)
-        expected[p] = record.offset + 1
+        expected[p] = offset + 1
         if compacted:
-            side.latest_of_key.setdefault(p, {})[record.key] = record.offset
-        entry_id = shadow_of(record)
+            side.latest_of_key.setdefault(p, {})[key] = offset
+        entry_id = shadow_of(record) if headers else None
         if entry_id is None:
             _bump(side.seen, p)
-            tallies.add(side.blocks, p, record.offset, tallies.record_hash(record))
+            # tallies.record_hash, inlined (the loop runs once per record)
+            flags = (KEY_NULL if key is None else 0) | (VALUE_NULL if value is None else 0)
+            key = b"" if key is None else key
+            value = b"" if value is None else value
+            digest = blake2b(
+                b"%d:%d:%d:%d:%b%d:%b%b"
+                % (
+                    offset, ts, flags, len(key), key, len(value), value,
+                    encode_headers(headers) if headers else b"",
+                ),
+                digest_size=16,
+            ).digest()  # fmt: skip
+            name = (p, offset // block_size)
+            tally = blocks.get(name)
+            if tally is None:
+                tally = blocks[name] = tallies.Tally()
+            tally.count += 1
+            tally.total = (tally.total + int.from_bytes(digest, "little")) & mask
         else:
             digest = record_digest(without_shadow_header(record))
             side.pending.setdefault(p, []).append((entry_id, record.offset, digest))
