@@ -9,15 +9,40 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from ferry.core.ingest import Ingestor, migration_keys, read_state
+import ferry
+from ferry.core.ingest import (
+    Ingestor,
+    _script,
+    migration_keys,
+    read_state,
+    read_state_counters,
+)
 from ferry.core.mirror import backfill
+from ferry.core.reconcile import reconcile
 from ferry.core.validate import validate_stream
-from ferry.live.phases import IllegalTransition, set_phase, start_dual_write
-from ferry.services.seed import payment_events, produce_records
+from ferry.live.cutover import run_cutover
+from ferry.live.phases import (
+    DRAINING,
+    DUAL_WRITE,
+    REDIS_PRIMARY,
+    LeaseExpired,
+    PhaseState,
+    complete_cutover,
+    expire_draining,
+    read_phase,
+    read_phase_copies,
+    server_ms,
+    set_phase,
+    start_draining,
+    start_dual_write,
+)
+from ferry.live.rollback import plan_rollback, roll_back
+from ferry.services.seed import BASE_TS_MS, payment_events, produce_records
 
 from .cluster import cluster_client, owner_port, start_cluster_like
 from .conftest import stream_factory
-from .helpers import expected_records, read_redis_records
+from .helpers import Mirror, expected_records, read_kafka_raw, read_redis_records, wait_until
+from .test_primary import wait_for_no_lag
 
 pytestmark = pytest.mark.redis_side
 
@@ -98,11 +123,105 @@ def test_rerun_and_replay_write_nothing_twice(make_spread, target):
     assert validate_stream(stream.config).ok
 
 
-def test_redis_first_phases_are_refused_by_name(make_spread, target):
+def _check_copies(client, keys, partitions: int) -> PhaseState:
+    """Every partition's copy of the phase is the migration's phase."""
+    main = read_phase(client, keys)
+    copies = read_phase_copies(client, keys)
+    assert copies == dict.fromkeys(range(partitions), main), (main, copies)
+    return main
+
+
+def _check_both_sides(stream, client, keys, partitions: int) -> list:
+    """Reconciled partition by partition: a shadow names its entry by ID, unique per stream."""
+    kafka = read_kafka_raw(stream.bootstrap, stream.config.kafka.topic, partitions)
+    return [
+        reconcile(kafka.get(p, []), read_redis_records(client, keys.stream_for(p)))
+        for p in range(partitions)
+    ]
+
+
+def test_cutover_rollback_and_cutover_again_with_phase_copies_per_slot(make_spread, target):
     client, _, _ = target
-    stream = make_spread(list(payment_events(50, 2)), 2, layout="spread")
+    stream = make_spread(list(payment_events(300, 4)), 4, layout="spread")
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(client, keys, "test")
+    assert _check_copies(client, keys, 4).phase == DUAL_WRITE
+    mirror = Mirror(stream.config)
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+    try:
+        for i in range(200):
+            writer.send(b"dual %d" % i, key=b"k%d" % (i % 7))
+        writer.flush()
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
+        assert _check_copies(client, keys, 4).phase == REDIS_PRIMARY
+        for i in range(300):
+            writer.send(b"primary %d" % i, key=b"k%d" % (i % 7), headers=[("trace", b"%d" % i)])
+        writer.flush()
+        wait_for_no_lag(stream.config)
+        assert writer.counts.written_redis_first == 300 and writer.counts.shadowed == 300
+        assert read_state_counters(client, keys, "primary_written", "shadowed") == (300, 300)
+        plan = plan_rollback(stream.config)
+        assert plan.target == DUAL_WRITE and plan.unshadowed == 0
+        for i in range(100):  # queued Redis-first, then the rollback: the rest go to Kafka
+            writer.send(b"around rollback %d" % i, key=b"k%d" % (i % 7))
+        assert roll_back(stream.config, plan)[0] == DUAL_WRITE
+        assert _check_copies(client, keys, 4).phase == DUAL_WRITE
+        for i in range(100):
+            writer.send(b"after rollback %d" % i, key=b"k%d" % (i % 7))
+        writer.flush()
+        wait_for_no_lag(stream.config)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
+        for i in range(100):
+            writer.send(b"second cutover %d" % i)
+        writer.flush()
+        wait_for_no_lag(stream.config)
+    finally:
+        writer.close()
+        mirror.close()
+    assert not writer.failed
+    results = _check_both_sides(stream, client, keys, 4)
+    assert all(r.ok and r.unshadowed == 0 for r in results), results
+    total = 300 + 200 + 300 + 100 + 100 + 100
+    assert sum(r.kafka for r in results) == sum(r.redis for r in results) == total
+    assert validate_stream(stream.config).ok
+    for p in range(4):  # the writer's sequence fields left with it, from every partition's hash
+        assert not [f for f in client.hkeys(keys.partition_state(p)) if f.startswith(b"wseq:")]
+
+
+def test_a_partition_whose_copy_says_dual_write_refuses_redis_first(make_spread, target):
+    """The slot's copy is the fence: a writer that still believes redis-primary after the
+    rollback gets the copy's phase back and nothing is written."""
+    client, _, _ = target
+    stream = make_spread(list(payment_events(40, 2)), 2, layout="spread")
     keys = migration_keys(stream.config)
     backfill(stream.config, progress=False)
     start_dual_write(client, keys)
-    with pytest.raises(IllegalTransition, match="layout 'spread'"):
-        set_phase(client, keys, "draining")
+    start_draining(client, keys, lease_s=30)
+    complete_cutover(client, keys)
+    primary = _script(client, "primary.lua")
+    batch = [1, "stale-writer", 1, BASE_TS_MS, 0, b"k", b"v", b""]
+    reply = primary(keys=[keys.partition_state(1), keys.stream_for(1)], args=batch)
+    assert reply[0] == b"redis-primary" and len(reply) == 2
+    set_phase(client, keys, DUAL_WRITE, "rollback")
+    batch[2] = 2
+    reply = primary(keys=[keys.partition_state(1), keys.stream_for(1)], args=batch)
+    assert reply == [b"dual-write"]
+    copied = len(expected_records(stream.records)[1])
+    assert client.xlen(keys.stream_for(1)) == copied + 1  # + the one written Redis-first
+
+
+def test_a_switch_refused_for_its_lease_puts_the_copies_back(make_spread, target):
+    client, _, _ = target
+    stream = make_spread(list(payment_events(20, 3)), 3, layout="spread")
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(client, keys)
+    start_draining(client, keys, lease_s=0.05)
+    lease_end = int(client.hget(keys.state, "lease_until"))
+    wait_until(lambda: server_ms(client) > lease_end, "the lease to pass on the server's clock")
+    with pytest.raises(LeaseExpired):
+        complete_cutover(client, keys)
+    assert _check_copies(client, keys, 3).phase == DRAINING
+    assert expire_draining(client, keys, "test").phase == DUAL_WRITE
+    _check_copies(client, keys, 3)

@@ -337,6 +337,20 @@ def read_state_fields(client: redis.Redis, keys: MigrationKeys) -> dict[bytes, b
     return merged
 
 
+def read_state_counters(client: redis.Redis, keys: MigrationKeys, *fields: str) -> tuple[int, ...]:
+    """Counters the write scripts keep (``primary_written``, ``shadowed``,
+    ``direct_after_switch``; ``*_ms`` fields are times): in the spread layout each partition's
+    state hash keeps its own, so they are summed (times: the latest)."""
+    if not keys.spread:
+        return tuple(int(v or 0) for v in client.hmget(keys.state, *fields))
+    hashes = [keys.state] + [keys.partition_state(p) for p in armed_partitions(client, keys)]
+    rows = [[int(v or 0) for v in client.hmget(h, *fields)] for h in hashes]
+    return tuple(
+        max(column) if field.endswith("_ms") else sum(column)
+        for field, column in zip(fields, zip(*rows, strict=True), strict=True)
+    )
+
+
 def read_state(client: redis.Redis, keys: MigrationKeys) -> tuple[dict[int, int], dict[int, int]]:
     """(start, frontier) per partition as recorded in the state."""
     raw = read_state_fields(client, keys)

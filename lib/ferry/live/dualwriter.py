@@ -437,7 +437,8 @@ class DualWriter:
         try:
             remove_writer(self.redis, self.keys, self.writer_id)
             if self._primary.used and not stuck:
-                self.redis.hdel(self.keys.state, *self._primary.sequence_fields())
+                for state, fields in self._primary.sequence_fields().items():
+                    self.redis.hdel(state, *fields)
         except redis.RedisError as exc:  # its heartbeat stops; the cutover treats it as gone
             logging.getLogger("ferry.redis").warning(
                 "writer %s could not leave the registry: %s", self.writer_id, exc

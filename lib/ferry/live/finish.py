@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.core.ingest import MigrationKeys, migration_keys
+from ferry.core.ingest import MigrationKeys, migration_keys, read_state_counters
 from ferry.errors import GateFailed
 from ferry.live.phases import REDIS_PRIMARY, finish_migration, log_event, read_phase, server_ms
 from ferry.redis.target import connect_redis
@@ -76,7 +76,7 @@ def finish_gates(config: StreamConfig, quiet_window_s: float) -> list[Gate]:
     phase = read_phase(client, keys).phase
     lag = mirror_lag(config, client=client)
     fields = ("primary_written", "shadowed", "direct_after_switch", "direct_last_ms")
-    written, shadowed, direct, last_ms = (int(v or 0) for v in client.hmget(keys.state, *fields))
+    written, shadowed, direct, last_ms = read_state_counters(client, keys, *fields)
     pending = {
         g: why
         for g, offsets in read_kafka_groups(config).items()
@@ -137,6 +137,6 @@ def run_finish(
             raise
         log_event(client, keys, "fence", ok=True, **fence)
     state = finish_migration(client, keys, reason=f"finish: gates held, quiet {quiet_window_s:g}s")
-    direct = int(client.hget(keys.state, "direct_after_switch") or 0)
+    (direct,) = read_state_counters(client, keys, "direct_after_switch")
     log.info("finish %s: redis-only (epoch %d)", config.name, state.epoch)
     return FinishReport(state.epoch, tuple(gates), direct, fence)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ferry.core.ingest import MigrationKeys, _script
+from ferry.core.ingest import MigrationKeys, _script, armed_partitions
 from ferry.errors import FerryError, UsageError
 
 KAFKA_ONLY = "kafka-only"
@@ -130,23 +130,6 @@ def check_manual_move(current: str, target: str, force: bool) -> str:
     return FORCE_RISKS.get((current, target), "skips the gates of this move")
 
 
-# the phases from which writers put records in Redis first, atomically with a phase check
-# that must sit in the record's own slot: not built for the spread layout yet
-REDIS_FIRST_PHASES = (DRAINING, REDIS_PRIMARY, REDIS_ONLY)
-
-
-def check_layout_allows(keys: MigrationKeys, target: str) -> None:
-    """The spread layout (a hash tag per partition) runs backfill, follow, workers,
-    validation and dual-write; the Redis-first phases need the phase copied into every
-    partition's slot, which is not built yet: refuse them with what to do instead."""
-    if keys.spread and target in REDIS_FIRST_PHASES:
-        raise IllegalTransition(
-            f"phase {target} is not available with redis.layout 'spread' yet (the Redis-first "
-            "write path checks the phase in the partition's own slot, which this layout does "
-            "not hold yet); cut over with layout 'per-partition' or 'merged'"
-        )
-
-
 def read_phase(client: redis.Redis, keys: MigrationKeys) -> PhaseState:
     phase, epoch = client.hmget(keys.state, "phase", "epoch")
     return PhaseState(phase.decode() if phase else KAFKA_ONLY, int(epoch or 0))
@@ -169,13 +152,22 @@ def set_phase(
         raise ValueError(f"lease_s must be positive, not {lease_s}")
     current = read_phase(client, keys)
     check_transition(current.phase, target)
-    check_layout_allows(keys, target)
+    # spread layout: a move that lets writers put records in Redis first is copied into
+    # every partition's slot before the migration-wide phase changes (writers act on that),
+    # every other move after it; either way a Redis-first write passes its slot's check only
+    # while the migration allows it, or in the moment before it stops allowing it
+    copies_first = keys.spread and target in REDIS_FIRST and current.phase not in REDIS_FIRST
+    if copies_first:
+        push_phase_copies(client, keys, target, current.epoch + 1)
     try:
         epoch, _, _ = _script(client, "phase.lua")(
             keys=[keys.state, events_key(keys)],
             args=[current.phase, target, reason, actor, int(lease_s * 1000), int(forced)],
         )
     except redis.ResponseError as exc:
+        if copies_first:  # the move did not happen: the copies go back to what is
+            now = read_phase(client, keys)
+            push_phase_copies(client, keys, now.phase, now.epoch)
         text = str(exc)
         if "FERRY_LEASE" in text:
             raise LeaseExpired(
@@ -189,9 +181,32 @@ def set_phase(
         raise
     from ferry.core.durability import wait_for_replicas
 
+    if keys.spread and not copies_first:
+        push_phase_copies(client, keys, target, int(epoch))
     # the phase is what every writer obeys: it must not be lost in a failover
     wait_for_replicas(client, f"the phase change to {target} (epoch {int(epoch)})")
     return PhaseState(target, int(epoch))
+
+
+# the phases in which writers put records in Redis first
+REDIS_FIRST = (REDIS_PRIMARY, REDIS_ONLY)
+
+
+def push_phase_copies(client: redis.Redis, keys: MigrationKeys, phase: str, epoch: int) -> None:
+    """Spread layout: write ``phase`` and ``epoch`` into every armed partition's state hash
+    (``phase_copy.lua``), the copy that partition's Redis-first writes are checked against."""
+    script = _script(client, "phase_copy.lua")
+    for partition in armed_partitions(client, keys):
+        script(keys=[keys.partition_state(partition)], args=[partition, phase, epoch])
+
+
+def read_phase_copies(client: redis.Redis, keys: MigrationKeys) -> dict[int, PhaseState]:
+    """Spread layout: each armed partition's copy of the phase (kafka-only where none)."""
+    copies = {}
+    for partition in armed_partitions(client, keys):
+        phase, epoch = client.hmget(keys.partition_state(partition), "phase", "epoch")
+        copies[partition] = PhaseState(phase.decode() if phase else KAFKA_ONLY, int(epoch or 0))
+    return copies
 
 
 def start_dual_write(client, keys, reason=""):
@@ -241,7 +256,10 @@ def expire_draining(client: redis.Redis, keys: MigrationKeys, actor: str) -> Pha
     """Atomically: draining whose lease ended (server clock) -> dual-write, logged with
     reason 'lease expired'; otherwise nothing changes. Returns the phase after the call."""
     phase, epoch = _script(client, "expire.lua")(keys=[keys.state, events_key(keys)], args=[actor])
-    return PhaseState(phase.decode() if isinstance(phase, bytes) else str(phase), int(epoch))
+    state = PhaseState(phase.decode() if isinstance(phase, bytes) else str(phase), int(epoch))
+    if keys.spread and state.phase == DUAL_WRITE:  # cheap, and repairs a coordinator's crash
+        push_phase_copies(client, keys, state.phase, state.epoch)
+    return state
 
 
 def log_event(client: redis.Redis, keys: MigrationKeys, kind: str, **fields: object) -> bytes:

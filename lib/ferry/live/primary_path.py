@@ -122,11 +122,17 @@ class PrimaryPath:
         self.used.update(by_partition)
         return list(by_partition.values())
 
-    def sequence_fields(self) -> list[str]:
-        """The state-hash fields that make this writer's batches idempotent; removed when it
-        closes (a batch is never sent again after that)."""
-        w = self.w.writer_id
-        return [f"{kind}:{w}:{p}" for p in sorted(self.used) for kind in ("wseq", "wids")]
+    def sequence_fields(self) -> dict[str, list[str]]:
+        """The state-hash fields that make this writer's batches idempotent, per hash (the
+        partition's state in the spread layout); removed when it closes (a batch is never
+        sent again after that)."""
+        w, keys = self.w.writer_id, self.w.keys
+        fields: dict[str, list[str]] = {}
+        for p in sorted(self.used):
+            fields.setdefault(keys.partition_state(p), []).extend(
+                f"{kind}:{w}:{p}" for kind in ("wseq", "wids")
+            )
+        return fields
 
     def _write_once(self) -> None:
         w = self.w
@@ -137,7 +143,12 @@ class PrimaryPath:
                 args += record_args(record)[1:]
             # EVALSHA itself: a pipeline running a Script asks SCRIPT EXISTS on every execute
             pipe.execute_command(
-                "EVALSHA", self.script.sha, 2, w.keys.state, w.keys.stream_for(b.partition), *args
+                "EVALSHA",
+                self.script.sha,
+                2,
+                w.keys.partition_state(b.partition),
+                w.keys.stream_for(b.partition),
+                *args,
             )
         try:
             replies = pipe.execute(raise_on_error=False)

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from ferry.config import StreamConfig
-from ferry.core.ingest import migration_keys
+from ferry.core.ingest import migration_keys, read_state_counters
 from ferry.live.phases import (
     DRAINING,
     DUAL_WRITE,
@@ -60,9 +60,7 @@ def plan_rollback(config: StreamConfig) -> RollbackPlan:
             phase, None, "", "rollback is no longer possible after redis-only", live
         )
     restores, cannot = RESTORES[phase]
-    written, shadowed = (
-        int(v or 0) for v in client.hmget(keys.state, "primary_written", "shadowed")
-    )
+    written, shadowed = read_state_counters(client, keys, "primary_written", "shadowed")
     unshadowed = max(0, written - shadowed)
     if phase == REDIS_PRIMARY:
         cannot += (
