@@ -53,7 +53,7 @@ def seed(bootstrap: str, topic: str, records: int, value_bytes: int) -> None:
 
 def baseline_tree(commit: str) -> Path:
     """A detached worktree of ``commit`` (removed at the end of the run)."""
-    path = Path(tempfile.mkdtemp(prefix="ferry-baseline-")) / "tree"
+    path = Path(tempfile.mkdtemp(prefix=f"ferry-{commit[:12]}-")) / "tree"
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit],
         check=True,
@@ -99,8 +99,13 @@ def child(spec: dict) -> None:
     base = current_rss_mb()
     started = time.perf_counter()
     if spec["kind"] == "validate":
-        report = validate.validate_stream(config)
-        detail = {"ok": report.ok, "entries": sum(p.redis_count for p in report.partitions)}
+        chosen = None if spec.get("client", "default") == "default" else spec["client"]
+        report = validate.validate_stream(config, client=chosen)
+        detail = {
+            "client": report.client,
+            "ok": report.ok,
+            "entries": sum(p.redis_count for p in report.partitions),
+        }
         if not report.ok:
             detail["failures"] = report.failures()
     elif spec["kind"] == "backfill":
@@ -143,6 +148,15 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=VALUE_BYTES)
     parser.add_argument("--kafka", default="apache:3.7")
     parser.add_argument("--baseline", help="a commit whose code runs beside today's")
+    parser.add_argument(
+        "--new", default="HEAD", help="the commit measured as today's (checked out apart)"
+    )
+    parser.add_argument(
+        "--validate-clients",
+        default="default,confluent",
+        help="Kafka clients today's validation reads with ('default': the one the mirror "
+        "did not use)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -155,11 +169,11 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="ferry-scale-"))
     os.environ["FERRY_HOME"] = str(home)
-    libs = {"new": str(ROOT / "lib")}
-    tree = None
+    trees = [baseline_tree(args.new)]  # edits to the working tree during a run do not count
+    libs = {"new": str(trees[0] / "lib")}
     if args.baseline:
-        tree = baseline_tree(args.baseline)
-        libs["baseline"] = str(tree / "lib")
+        trees.append(baseline_tree(args.baseline))
+        libs["baseline"] = str(trees[-1] / "lib")
     services = start_services(home / "services", kafka=args.kafka)
     results: dict = {
         "records": args.records,
@@ -168,8 +182,10 @@ def main() -> None:
         "broker": f"{services.kafka_kind} {services.kafka_version}",
         "redis": services.redis_kind,
         "baseline": args.baseline,
-        "head": subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        "new": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.new],
+            capture_output=True,
+            text=True,
         ).stdout.strip(),
     }
     samples: dict[str, list[dict]] = {}
@@ -198,9 +214,14 @@ def main() -> None:
         whiches = list(libs)
         for run in range(args.runs):
             for which in whiches if run % 2 == 0 else whiches[::-1]:
-                r = measure(client, kind="validate", lib=libs[which])
-                samples.setdefault(f"validate_{which}", []).append(r)
-                print(f"validate {which}: {r}")
+                clients = args.validate_clients.split(",") if which == "new" else ["default"]
+                for kafka_client in clients:
+                    r = measure(client, kind="validate", lib=libs[which], client=kafka_client)
+                    label = f"validate_{which}" + (
+                        "" if kafka_client == "default" else "_confluent"
+                    )
+                    samples.setdefault(label, []).append(r)
+                    print(f"{label}: {r}")
                 r = measure(
                     client,
                     kind="handover",
@@ -214,7 +235,7 @@ def main() -> None:
         report(results, samples, args.records)
     finally:
         stop_services(home / "services")
-        if tree is not None:
+        for tree in trees:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                 capture_output=True,
@@ -236,6 +257,7 @@ def report(results: dict, samples: dict, records: int) -> None:
         "backfill_new",
         "backfill_baseline",
         "validate_new",
+        "validate_new_confluent",
         "validate_baseline",
         "handover_new",
         "handover_baseline",
@@ -256,10 +278,11 @@ def report(results: dict, samples: dict, records: int) -> None:
             f"{name:20}{len(samples[name]):>5}{s:>10.2f}{records / s:>12,.0f}{mb:>13.1f}"
             f"{calls:>13,.0f}"
         )
-    if "validate_new" in summary and "backfill_new" in summary:
-        ratio = summary["validate_new"]["per_s"] / summary["backfill_new"]["per_s"]
-        summary["validate_vs_backfill"] = round(ratio, 2)
-        print(f"validate (new) / backfill (new) rate: {ratio:.2f}")
+    for name in ("validate_new", "validate_new_confluent"):
+        if name in summary and "backfill_new" in summary:
+            ratio = summary[name]["per_s"] / summary["backfill_new"]["per_s"]
+            summary[f"{name}_vs_backfill"] = round(ratio, 2)
+            print(f"{name} / backfill_new rate: {ratio:.2f}")
     for kind in ("backfill", "validate", "handover"):
         new, old = summary.get(f"{kind}_new"), summary.get(f"{kind}_baseline")
         if new and old:
