@@ -37,6 +37,7 @@ from ferry.live.phases import (
     start_dual_write,
 )
 from ferry.live.rollback import plan_rollback, roll_back
+from ferry.redis.target import partition_owners
 from ferry.services.seed import BASE_TS_MS, payment_events, produce_records
 
 from .cluster import cluster_client, owner_port, start_cluster_like
@@ -94,9 +95,13 @@ def test_backfill_spreads_partitions_and_validates(make_spread, target):
     assert frontiers == {p: len(expected.get(p, [])) - 1 for p in range(PARTITIONS)}
     assert starts == dict.fromkeys(range(PARTITIONS), 0)
     assert not client.exists(stream.config.redis.stream)  # the template names no key
-    if local is not None:
-        owners = {owner_port(local, key_slot(keys.stream_for(p).encode())) for p in range(12)}
-        assert len(owners) > 1, "every partition landed on one shard"
+    owners = partition_owners(client, keys, list(range(PARTITIONS)))
+    if local is not None:  # each partition on the primary that owns its slot, several in all
+        ports = {p: owner_port(local, key_slot(keys.stream_for(p).encode())) for p in owners}
+        assert {p: int(o.rsplit(":", 1)[1]) for p, o in owners.items()} == ports
+        assert len(set(ports.values())) > 1, "every partition landed on one shard"
+    else:
+        assert len(set(owners.values())) == 1
     assert validate_stream(stream.config).ok
 
 

@@ -10,6 +10,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 
 from ferry.config import RedisSentinel, RedisSettings, RedisTls, StreamConfig
+from ferry.core.ingest import MigrationKeys
 from ferry.errors import RedisTargetError, RedisUnreachableError
 from ferry.redis.cluster import FerryCluster
 from ferry.redis.faults import redact_url, tls_refused
@@ -121,6 +122,21 @@ def is_cluster_client(client: object) -> bool:
     """Whether ``client`` is a Redis Cluster client (what :func:`connect_redis` returns for
     a cluster target)."""
     return isinstance(client, RedisCluster)
+
+
+def partition_owners(
+    client: redis.Redis | RedisCluster, keys: MigrationKeys, partitions: list[int]
+) -> dict[int, str]:
+    """``host:port`` of the primary holding each partition's keys: on a cluster the owner of
+    the partition's slot (one slot for the single-tag layouts, one per partition with the
+    spread layout); on one server, that server."""
+    if is_cluster_client(client):
+        return {
+            p: client.get_node_from_key(keys.partition_state(p)).name for p in sorted(partitions)
+        }
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    return dict.fromkeys(sorted(partitions), where)
 
 
 def _through_sentinel(sentinel: RedisSentinel, options: dict) -> tuple[redis.Redis, str]:
