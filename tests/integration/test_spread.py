@@ -2,7 +2,7 @@
 spread over a cluster's shards while each ingest stays one script on one shard.
 
 One test body per behaviour, run on a standalone server and on a local 3-primary cluster
-(started once per Redis kind, on the Tansu stack, as in test_cluster)."""
+(the session's shared cluster of the stack's Redis kind, on the Tansu stacks)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from ferry.live.rollback import plan_rollback, roll_back
 from ferry.redis.target import partition_owners
 from ferry.services.seed import BASE_TS_MS, payment_events, produce_records
 
-from .cluster import cluster_client, owner_port, start_cluster_like
+from .cluster import cluster_client, owner_port, shared_cluster
 from .conftest import stream_factory
 from .helpers import Mirror, expected_records, read_kafka_raw, read_redis_records, wait_until
 from .test_primary import wait_for_no_lag
@@ -50,22 +50,13 @@ pytestmark = pytest.mark.redis_side
 PARTITIONS = 12  # all 12 slots on one of 3 shards by chance: about 6 in a million
 
 
-@pytest.fixture(scope="module")
-def spread_cluster(services, tmp_path_factory):
-    if services.kafka_kind != "tansu":
-        pytest.skip("the cluster runs on one broker, Tansu (stack has none)")
-    local = start_cluster_like(services, tmp_path_factory.mktemp(f"spread-{services.redis_kind}"))
-    yield local
-    local.stop()
-
-
 @pytest.fixture(params=["standalone", "cluster"])
 def target(request, services, redis_client):
     """(client, make_stream, local cluster or None) on the topology of the parameter."""
     if request.param == "standalone":
         yield redis_client, None, {"url": services.redis_url}
         return
-    local = request.getfixturevalue("spread_cluster")
+    local = shared_cluster(request, services)
     client = cluster_client(local)
     yield client, local, {"cluster": {"addresses": local.addresses}}
     client.close()
