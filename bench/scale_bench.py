@@ -124,15 +124,15 @@ def child(spec: dict) -> None:
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb() - base, "base_mb": base, **detail}))
 
 
-def measure(client, **spec) -> dict:
-    calls_before = redis_calls(client)
+def measure(redis_client, **spec) -> dict:
+    calls_before = redis_calls(redis_client)
     out = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True
     )
     if out.returncode:
         raise SystemExit(f"{spec['kind']} ({spec['lib']}) failed:\n{out.stderr[-4000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["redis_calls"] = redis_calls(client) - calls_before
+    result["redis_calls"] = redis_calls(redis_client) - calls_before
     return result
 
 
@@ -252,7 +252,7 @@ def report(results: dict, samples: dict, records: int) -> None:
 
     summary: dict = {}
     print(f"\n{records:,} entries, {PARTITIONS} partitions, {results['broker']}")
-    print(f"{'':20}{'runs':>5}{'seconds':>10}{'per s':>12}{'peak RSS MB':>13}{'Redis calls':>13}")
+    print(f"{'':24}{'runs':>5}{'seconds':>10}{'per s':>12}{'peak RSS MB':>13}{'Redis calls':>13}")
     for name in (
         "backfill_new",
         "backfill_baseline",
@@ -275,7 +275,7 @@ def report(results: dict, samples: dict, records: int) -> None:
         if name.startswith("handover"):
             summary[name]["method"] = samples[name][-1].get("method")
         print(
-            f"{name:20}{len(samples[name]):>5}{s:>10.2f}{records / s:>12,.0f}{mb:>13.1f}"
+            f"{name:24}{len(samples[name]):>5}{s:>10.2f}{records / s:>12,.0f}{mb:>13.1f}"
             f"{calls:>13,.0f}"
         )
     for name in ("validate_new", "validate_new_confluent"):
