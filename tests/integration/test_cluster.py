@@ -112,6 +112,15 @@ test_consume_claim_retry_dead_letter = (
 test_group_consumer_skips_processed = (
     test_idempotency.test_the_demos_group_consumer_records_keys_and_skips_what_was_processed
 )
+test_consume_process_watch = (
+    test_idempotency.test_an_entry_committed_while_a_claimer_holds_it_is_caught_by_watch
+)
+test_consume_process_failing_handler = (
+    test_idempotency.test_a_failing_handler_writes_nothing_and_is_retried_then_dead_lettered
+)
+test_consumer_role_idempotent = (
+    test_idempotency.test_the_consumer_role_may_run_an_idempotent_consumer
+)
 test_trim_by_length = test_retention.test_trim_by_length_in_limited_steps
 test_trim_by_age = test_retention.test_trim_by_age
 test_trim_respects_groups = test_retention.test_trim_stops_at_what_a_group_has_not_acknowledged
@@ -423,3 +432,21 @@ def test_the_migrations_primary_dies_and_its_replica_takes_over_nothing_lost(
     assert report.ok, report.failures()
     next(factory, None)  # deletes the stream's keys
     client.close()
+
+
+def test_preflight_names_a_primary_that_may_evict(make_stream, local_cluster):
+    """noeviction is checked on every primary (a slot may move to any): one that may evict,
+    though it does not hold the migration today, fails preflight by name."""
+    from ferry.runbook.preflight import run_preflight
+
+    stream = make_stream(list(payment_events(10, 1)), partitions=1)
+    home = owner_port(local_cluster, slot_of("{" + stream.config.name + "}"))
+    other = next(p for p in local_cluster.ports if p != home)
+    with node_client(other) as plain:
+        plain.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            checks = {c.name: c for c in run_preflight(stream.config).checks}
+        finally:
+            plain.config_set("maxmemory-policy", "noeviction")
+    check = checks["maxmemory-policy is noeviction"]
+    assert not check.ok and check.detail == f"127.0.0.1:{other}: allkeys-lru"

@@ -30,6 +30,16 @@ def test_preflight_passes_on_a_fresh_target_then_on_ferrys_own(make_stream, redi
             f"{len(role.commands)} commands permitted"
             + (f" on each of {primaries} primaries" if cluster else "")
         )
+    keys = migration_keys(stream.config)
+    if cluster:  # every primary is checked, and each partition's stream is placed
+        assert checks["maxmemory-policy is noeviction"].detail == (
+            f"noeviction on each of {primaries} primaries"
+        )
+        nodes = [row["redis node"] for row in run_preflight(stream.config).partitions]
+        assert len(nodes) == 2
+        for p, node in enumerate(nodes):
+            owner = redis_client.get_node_from_key(keys.stream_for(p))
+            assert node == f"{owner.host}:{owner.port}"
     key = stream.config.redis.stream
     assert checks["target stream key is free or ferry's own"].detail == f"{key} is free"
     # the probes queue commands inside MULTI and discard them: nothing was written

@@ -11,7 +11,12 @@ from ferry.config import StreamConfig
 from ferry.core.ingest import migration_keys
 from ferry.errors import FerryError
 from ferry.kafka.source import TopicInfo, open_source
-from ferry.redis.target import connect_redis, server_info, supports_stream_ids
+from ferry.redis.target import (
+    connect_redis,
+    is_cluster_client,
+    server_info,
+    supports_stream_ids,
+)
 from ferry.runbook.notebook import Check
 
 
@@ -130,11 +135,15 @@ def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | Non
         supports_stream_ids(server),
         f"{server.kind} {server.version}",
     )
-    result.add(
-        "maxmemory-policy is noeviction",
-        server.maxmemory_policy == "noeviction",
-        f"{server.maxmemory_policy or 'unreadable (CONFIG not permitted)'}",
-    )
+    if is_cluster_client(client):
+        result.add(*_cluster_eviction(client))
+        _partition_nodes(client, config, result)
+    else:
+        result.add(
+            "maxmemory-policy is noeviction",
+            server.maxmemory_policy == "noeviction",
+            f"{server.maxmemory_policy or 'unreadable (CONFIG not permitted)'}",
+        )
     result.add(*_persistence(client, config.redis.persistence))
     result.add("cluster mode", True, "cluster" if server.cluster else "standalone")
     _role_checks(client, config, result)
@@ -147,6 +156,32 @@ def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | Non
     except redis.ResponseError:
         node = None
     result.facts["stream_node_max_bytes"] = node
+
+
+def _cluster_eviction(client) -> tuple[str, bool, str]:
+    """noeviction on every primary of a cluster: a slot may move to any of them."""
+    policies = {
+        f"{n.host}:{n.port}": server_info(client.get_redis_connection(n)).maxmemory_policy
+        for n in client.get_primaries()
+    }
+    other = {node: p for node, p in policies.items() if p != "noeviction"}
+    detail = "; ".join(
+        f"{node}: {p or 'unreadable (CONFIG not permitted)'}" for node, p in other.items()
+    )
+    return (
+        "maxmemory-policy is noeviction",
+        not other,
+        detail or f"noeviction on each of {len(policies)} primaries",
+    )
+
+
+def _partition_nodes(client, config: StreamConfig, result: Preflight) -> None:
+    """On a cluster, the primary that owns each partition's stream, beside its inventory."""
+    keys = migration_keys(config)
+    for row in result.partitions:
+        node = client.get_node_from_key(keys.stream_for(row["partition"]))
+        row["redis node"] = f"{node.host}:{node.port}"
+    result.facts["redis_nodes"] = sorted({row["redis node"] for row in result.partitions})
 
 
 def _persistence(client: redis.Redis, wanted: str) -> tuple[str, bool, str]:
