@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run as one of N mirror workers: join the migration's Kafka consumer group "
         "(ferry-mirror.NAME) and copy the partitions Kafka assigns, each from its Redis "
         "frontier; start as many processes, on any hosts, as wanted (confluent-kafka; "
-        "nothing is committed to Kafka)",
+        "nothing is committed to Kafka). Without --follow a worker exits once every "
+        "partition reached the end it had when the worker started",
     )
     b.add_argument(
         "--group",

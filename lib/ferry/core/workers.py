@@ -204,8 +204,7 @@ def run_worker(
     rides = _Rides(config, follow, should_stop, on_redis_fault)
     target, info = _prepare(config, keys, rides)
     worker = _Worker(config, target, info, rides, group_id_for(config, group), session_timeout_ms)
-    worker.callbacks = (on_batch, on_lag, on_error)
-    return worker.run(follow)
+    return worker.run(follow, on_batch, on_lag, on_error)
 
 
 def _prepare(config, keys, rides) -> tuple[object, TopicInfo]:
@@ -254,11 +253,11 @@ class _Worker:
         settings = group_settings(self.source.base, group_id, config.name, session_ms)
         settings["fetch.wait.max.ms"] = self.source.traits.fetch_wait_ms
         self.source.consumer = Consumer(settings)
+        self.name = settings["client.id"]  # host and pid: stays while member ids change
         self.own = Ownership()
         self.gaps = GapChecks()
         self.gaps_allowed = info.compacted or config.kafka.transactional
         self.records = self.nbytes = self.refused = self.rebalances = 0
-        self.callbacks = (None, None, None)
 
     # --- the group's callbacks (served inside poll) ---------------------------------------
     def on_assign(self, consumer, partitions) -> None:
@@ -272,13 +271,13 @@ class _Worker:
             self.source.eof.pop(p, None)
         topic = self.config.kafka.topic
         consumer.incremental_assign([TopicPartition(topic, p, o) for p, o in starts.items()])
-        log.info("worker %s: assigned %s, now %s", self.member, wanted, sorted(self.own.pos))
+        log.info("worker %s: assigned %s, now %s", self.name, wanted, sorted(self.own.pos))
 
     def on_revoke(self, consumer, partitions, how: str = "revoked") -> None:
         gone = [tp.partition for tp in partitions]
         self.rebalances += 1
         self.own.drop(gone)  # nothing in flight: writes are made between polls
-        log.info("worker %s: %s %s, now %s", self.member, how, gone, sorted(self.own.pos))
+        log.info("worker %s: %s %s, now %s", self.name, how, gone, sorted(self.own.pos))
 
     def on_lost(self, consumer, partitions) -> None:
         self.on_revoke(consumer, partitions, "lost")
@@ -298,8 +297,7 @@ class _Worker:
         return self.source.consumer.memberid() or "(joining)"
 
     # --- the loop -------------------------------------------------------------------------
-    def run(self, follow: bool) -> WorkerSummary:
-        on_batch, on_lag, on_error = self.callbacks
+    def run(self, follow: bool, on_batch, on_lag, on_error) -> WorkerSummary:
         rides, source, config = self.rides, self.source, self.config
         rides.call(
             lambda: record_max_future_skew(self.target, self.keys, config.redis.max_future_skew_ms)
@@ -449,7 +447,7 @@ class _Worker:
                 log.warning(
                     "worker %s: partition %d: frontier %d is beyond what this worker read "
                     "(from %d%s); reading again from %d",
-                    self.member,
+                    self.name,
                     p,
                     result.frontier,
                     read_from,
