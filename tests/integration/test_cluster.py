@@ -450,3 +450,69 @@ def test_preflight_names_a_primary_that_may_evict(make_stream, local_cluster):
             plain.config_set("maxmemory-policy", "noeviction")
     check = checks["maxmemory-policy is noeviction"]
     assert not check.ok and check.detail == f"127.0.0.1:{other}: allkeys-lru"
+
+
+def test_a_failover_in_redis_primary_loses_no_redis_first_write(
+    failover_cluster, services, request, tmp_path
+):
+    """In redis-primary Redis is the source of truth: the replica of the migration's primary
+    takes over by CLUSTER FAILOVER (the primary pauses writes until the replica has them) while
+    a writer appends Redis-first; the writer follows the new primary, and every record it was
+    told was written is in the stream once, with its Kafka shadow."""
+    local, added = failover_cluster
+    client = cluster_client(local)
+    factory = stream_factory(services, client, request, _cluster_doc(local), prefix="g")
+    make = next(factory)
+    writer = mirror = None
+    stop = threading.Event()
+    sent: list[int] = []
+    try:
+        stream = make(list(payment_events(300, 2)), partitions=2)
+        keys = migration_keys(stream.config)
+        slot = slot_of(keys.state)
+        primary = owner_port(local, slot)
+        replica, pid = add_replica(local, primary, tmp_path / "replica")
+        added.append(pid)
+        backfill(stream.config, progress=False)
+        start_dual_write(client, keys, "test")
+        mirror = Mirror(stream.config)
+        writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
+
+        def keep_sending() -> None:
+            while not stop.is_set():
+                for i in range(20):
+                    writer.send(b"primary %d" % i, key=b"k%d" % (i % 5))
+                sent.append(20)
+                stop.wait(0.01)
+
+        during = threading.Thread(target=keep_sending)
+        during.start()
+        try:
+            stop.wait(0.5)  # some Redis-first traffic before the failover
+            with node_client(replica) as plain:
+                plain.execute_command("CLUSTER FAILOVER")
+            wait_for_owner(local, slot, replica)
+            stop.wait(0.5)  # and after it
+        finally:
+            stop.set()
+            during.join(timeout=60)
+        writer.flush()
+        test_primary.wait_for_no_lag(stream.config)
+    finally:
+        stop.set()
+        if writer is not None:
+            writer.close()
+        if mirror is not None:
+            mirror.close()
+    assert not writer.failed and writer.counts.failures == 0, writer.counts
+    assert writer.counts.written_redis_first == sum(sent) > 0
+    with node_client(replica) as plain:
+        assert plain.exists(keys.state, stream.config.redis.stream) == 2  # the new primary
+    result = test_primary.check_both_sides(stream, client, 2)
+    assert result.ok, result
+    assert result.kafka == result.redis == 300 + sum(sent)
+    report = validate_stream(stream.config)
+    assert report.ok, report.failures()
+    next(factory, None)
+    client.close()
