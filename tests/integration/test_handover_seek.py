@@ -15,6 +15,7 @@ import pytest
 from ferry.config import TrimPolicy
 from ferry.core.ingest import migration_keys, read_state
 from ferry.core.mirror import backfill
+from ferry.live import handover
 from ferry.live.handover import SeekRefused, scan_plan, seek_plan, translate_group
 from ferry.redis.retention import trim_stream
 from ferry.services.seed import BASE_TS_MS, SeedRecord
@@ -90,12 +91,23 @@ def assert_group_matches(client, config, group: str, committed: dict[int, int], 
     return translation
 
 
-def test_seek_equals_scan_on_an_unevenly_interleaved_merged_stream(make_stream, redis_client):
+@pytest.mark.parametrize("budget", [None, 40], ids=["one-call-per-probe", "probes-resumed"])
+def test_seek_equals_scan_on_an_unevenly_interleaved_merged_stream(
+    make_stream, redis_client, monkeypatch, budget
+):
+    if budget is not None:  # a probe call stops after 40 entries and is called again
+        monkeypatch.setattr(handover, "SEEK_BUDGET", budget)
+        monkeypatch.setattr(handover, "SEEK_CHUNK", 16)
     stream = make_stream(awkward_records(4000, 4), partitions=4, extra={"batch_size": 37})
     backfill(stream.config, progress=False)
     ends = frontier_offsets(redis_client, stream.config)
     assert ends[3] == 0 and min(ends[p] for p in range(3)) > 100  # one empty partition
     assert_seek_equals_scan(redis_client, stream.config, cases(ends))
+    if budget is not None:  # a seek that would read too much gives way to the scan
+        monkeypatch.setattr(handover, "SEEK_MAX_READ", 100)
+        with pytest.raises(SeekRefused, match="the scan is cheaper"):
+            seek_plan(redis_client, migration_keys(stream.config), stream.config, {0: 5})
+        monkeypatch.undo()
     committed = {p: e // 3 for p, e in ends.items() if e}
     translation = assert_group_matches(redis_client, stream.config, "g1", committed, "seek")
     assert translation.skipped_later > 0 and translation.entries_read > 0

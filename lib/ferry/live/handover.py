@@ -318,16 +318,20 @@ def scan_plan(
 # partition asked for has been seen once in either direction. Per partition p it returns
 # M = the offset of p's first entry after x (forward: that entry's offset; backward: the offset
 # of p's last entry at or before x, plus one). Entries written Redis-first (no offset) are not
-# looked at: the seek is refused when there may be any.
-# KEYS[1] stream. ARGV: x, upper, budget (entries read at most), chunk, early ('1': return as
-# soon as a partition's M passes its threshold), then pairs (partition, threshold).
-# Returns {status, forward ended (0/1), backward ended (0/1), p1, M1, p2, M2, ...};
-# status: 'done' (every partition seen or both directions ended), 'early', 'budget'.
+# looked at: the seek is refused when there may be any. One call reads at most ``budget``
+# entries (so it holds the server briefly) and returns where it stopped; the caller calls again
+# from there for the partitions not seen yet.
+# KEYS[1] stream. ARGV: upper, budget, chunk, early ('1': return as soon as a partition's M
+# passes its threshold), forward cursor, backward cursor ('' once that direction ended), then
+# pairs (partition, threshold).
+# Returns {status, forward cursor, backward cursor, p1, M1, p2, M2, ...}; status: 'done' (every
+# partition seen or both directions ended), 'early', 'budget' (call again with the cursors).
 SEEK_PROBE_LUA = """
-local stream, x, upper = KEYS[1], ARGV[1], ARGV[2]
-local budget, chunk, early = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+local stream, upper = KEYS[1], ARGV[1]
+local budget, chunk, early = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local fwd, bwd = ARGV[5], ARGV[6]
 local thr, seen, left, out, read = {}, {}, 0, {}, 0
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   thr[ARGV[i]] = tonumber(ARGV[i + 1])
   left = left + 1
 end
@@ -348,34 +352,36 @@ local function take(entry, forward)
   out[#out + 1] = tostring(m)
   return early and m > thr[p]
 end
-local fwd, bwd, fwd_open, bwd_open = '(' .. x, x, true, true
 local status = 'done'
-while left > 0 and (fwd_open or bwd_open) and status == 'done' do
+while left > 0 and (fwd ~= '' or bwd ~= '') and status == 'done' do
   if read >= budget then
     status = 'budget'
     break
   end
-  if fwd_open then
+  if fwd ~= '' then
     local got = redis.call('XRANGE', stream, fwd, upper, 'COUNT', chunk)
     read = read + #got
     for _, e in ipairs(got) do
       if take(e, true) then status = 'early' break end
     end
-    if #got < chunk then fwd_open = false else fwd = '(' .. got[#got][1] end
+    if #got < chunk then fwd = '' else fwd = '(' .. got[#got][1] end
   end
-  if bwd_open and left > 0 and status == 'done' then
+  if bwd ~= '' and left > 0 and status == 'done' then
     local got = redis.call('XREVRANGE', stream, bwd, '-', 'COUNT', chunk)
     read = read + #got
     for _, e in ipairs(got) do
       if take(e, false) then status = 'early' break end
     end
-    if #got < chunk then bwd_open = false else bwd = '(' .. got[#got][1] end
+    if #got < chunk then bwd = '' else bwd = '(' .. got[#got][1] end
   end
 end
-return {status, fwd_open and 0 or 1, bwd_open and 0 or 1, unpack(out)}
+return {status, fwd, bwd, unpack(out)}
 """
-SEEK_BUDGET = 100_000  # entries one probe may read before the seek gives up for the scan
+SEEK_BUDGET = 20_000  # entries one probe call reads at most (it holds the server meanwhile)
 SEEK_CHUNK = 500
+# entries all the probes of one seek may read before it gives up for the scan: partitions far
+# apart in the stream (a merged stream's runs of one partition are long) cost more per probe
+SEEK_MAX_READ = 5_000_000
 MAX_SEQ = 2**64 - 1
 
 
@@ -457,23 +463,35 @@ def seek_plan(
     probe = client.register_script(SEEK_PROBE_LUA)
     upper = _id_text(dense.last)
 
+    read = 0
+
     def marks(x: tuple[int, int], parts: list[int], early: bool) -> tuple[str, dict[int, int]]:
+        nonlocal read
         x = min(x, dense.last)  # never past the snapshot: later entries are not counted
-        args = [_id_text(x), upper, SEEK_BUDGET, SEEK_CHUNK, "1" if early else "0"]
-        for p in parts:
-            args += [p, threshold[p]]
-        status, fwd_end, bwd_end, *pairs = probe(keys=[keys.stream], args=args)
-        status = status.decode() if isinstance(status, bytes) else status
-        if status == "budget":
-            raise SeekRefused(
-                f"a probe read {SEEK_BUDGET} entries without meeting every partition "
-                "(partitions far apart in the stream)"
+        fwd, bwd = "(" + _id_text(x), _id_text(x)
+        m: dict[int, int] = {}
+        while True:
+            args = [upper, SEEK_BUDGET, SEEK_CHUNK, "1" if early else "0", fwd, bwd]
+            for p in parts:
+                if p not in m:
+                    args += [p, threshold[p]]
+            status, fwd, bwd, *pairs = probe(keys=[keys.stream], args=args)
+            status, fwd, bwd = (
+                v.decode() if isinstance(v, bytes) else v for v in (status, fwd, bwd)
             )
-        m = {int(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+            m.update({int(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)})
+            if status != "budget":
+                break
+            read += SEEK_BUDGET
+            if read > SEEK_MAX_READ:
+                raise SeekRefused(
+                    f"the probes read {read} entries (partitions far apart in the stream): "
+                    "the scan is cheaper"
+                )
         if status == "done":
             for p in parts:
                 if p not in m:  # no entry of p on one side of x
-                    m[p] = dense.hi[p] + 1 if fwd_end else dense.lo[p]
+                    m[p] = dense.hi[p] + 1 if fwd == "" else dense.lo[p]
         return status, m
 
     def unconsumed_at_or_before(x: tuple[int, int]) -> bool:
