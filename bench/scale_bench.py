@@ -11,7 +11,8 @@ is its own:
 - the hand-over of a group committed half-way through every partition (seconds, Redis calls,
   peak RSS, and which method today's code used), today's and the baseline's.
 
-Peak RSS is getrusage's ru_maxrss minus the RSS the child had after its imports. Redis calls
+Peak RSS is getrusage's ru_maxrss minus the RSS the child had after its imports, plus the
+peak of its own child process if it started one (validation reads the stream in one). Redis calls
 are INFO commandstats on the server, before and after (commands run inside scripts count too).
 Prints a table (medians of ``--runs``, ratios) and writes bench/results/scale-<time>.json.
 
@@ -64,6 +65,12 @@ def baseline_tree(commit: str) -> Path:
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def children_peak_mb() -> float:
+    """The largest peak RSS of the call's own child processes (validation reads the stream in
+    one), 0 without any."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def current_rss_mb() -> float:
@@ -119,9 +126,22 @@ def child(spec: dict) -> None:
             "entries_read": t.entries_read,
             "skipped_later": t.skipped_later,
             "method": getattr(t, "method", "scan"),
+            "scan_reason": getattr(t, "scan_reason", ""),
         }
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb() - base, "base_mb": base, **detail}))
+    own, children = peak_mb() - base, children_peak_mb()
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_mb": own + children,  # this process above its imports, plus its child's
+                "own_peak_mb": own,
+                "child_peak_mb": children,
+                "base_mb": base,
+                **detail,
+            }
+        )
+    )
 
 
 def measure(redis_client, **spec) -> dict:
