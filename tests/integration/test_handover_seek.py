@@ -91,13 +91,16 @@ def assert_group_matches(client, config, group: str, committed: dict[int, int], 
     return translation
 
 
-@pytest.mark.parametrize("budget", [None, 40], ids=["one-call-per-probe", "probes-resumed"])
+@pytest.mark.parametrize(
+    "budget", [None, 40], ids=["one-call-per-probe", "probes-resumed-sequence-searched"]
+)
 def test_seek_equals_scan_on_an_unevenly_interleaved_merged_stream(
     make_stream, redis_client, monkeypatch, budget
 ):
     if budget is not None:  # a probe call stops after 40 entries and is called again
         monkeypatch.setattr(handover, "SEEK_BUDGET", budget)
         monkeypatch.setattr(handover, "SEEK_CHUNK", 16)
+        monkeypatch.setattr(handover, "SEEK_IN_MS", 5)  # the sequence searched, not read
     stream = make_stream(awkward_records(4000, 4), partitions=4, extra={"batch_size": 37})
     backfill(stream.config, progress=False)
     ends = frontier_offsets(redis_client, stream.config)

@@ -337,9 +337,13 @@ for i = 7, #ARGV, 2 do
 end
 local function take(entry, forward)
   local f, p, o = entry[2], nil, nil
-  for i = 1, #f, 2 do
-    if f[i] == 'p' then p = f[i + 1] elseif f[i] == 'o' then o = f[i + 1] end
-    if p ~= nil and o ~= nil then break end
+  if f[1] == 'p' and f[3] == 'o' then  -- the ingest script's field order
+    p, o = f[2], f[4]
+  else
+    for i = 1, #f, 2 do
+      if f[i] == 'p' then p = f[i + 1] elseif f[i] == 'o' then o = f[i + 1] end
+      if p ~= nil and o ~= nil then break end
+    end
   end
   if p == nil or o == nil or o == '' or thr[p] == nil or seen[p] then
     return false
@@ -382,6 +386,7 @@ SEEK_CHUNK = 500
 # entries all the probes of one seek may read before it gives up for the scan: partitions far
 # apart in the stream (a merged stream's runs of one partition are long) cost more per probe
 SEEK_MAX_READ = 5_000_000
+SEEK_IN_MS = 2000  # entries of one millisecond read in order; more: a binary search
 MAX_SEQ = 2**64 - 1
 
 
@@ -508,14 +513,31 @@ def seek_plan(
         else:
             low = mid + 1
     ms = low
-    top = client.xrevrange(keys.stream, max=_id_text((ms, MAX_SEQ)), min=_id_text((ms, 0)), count=1)
-    low, high = 0, _id_tuple(top[0][0].decode())[1] if top else MAX_SEQ
-    while low < high:
-        mid = (low + high) // 2
-        if unconsumed_at_or_before((ms, mid)):
-            high = mid
+    # every entry before millisecond ms is consumed: F is the first entry of ms that is not,
+    # which each entry's own offset tells; read in order, unless ms holds too many entries
+    # (then a binary search over the sequence, as over milliseconds)
+    in_ms = client.xrange(
+        keys.stream, min=_id_text((ms, 0)), max=_id_text((ms, MAX_SEQ)), count=SEEK_IN_MS + 1
+    )
+    if len(in_ms) <= SEEK_IN_MS:
+        for raw_id, fields in in_ms:
+            record = entry_to_record(fields)
+            if record.offset != REDIS_ORIGIN and record.offset >= offsets.get(record.partition, 0):
+                low = _id_tuple(raw_id.decode())[1]
+                break
         else:
-            low = mid + 1
+            raise SeekRefused(f"no unconsumed entry in millisecond {ms}, where the search ended")
+    else:
+        top = client.xrevrange(
+            keys.stream, max=_id_text((ms, MAX_SEQ)), min=_id_text((ms, 0)), count=1
+        )
+        low, high = 0, _id_tuple(top[0][0].decode())[1]
+        while low < high:
+            mid = (low + high) // 2
+            if unconsumed_at_or_before((ms, mid)):
+                high = mid
+            else:
+                low = mid + 1
     first_unconsumed = _id_text((ms, low))
     found = client.xrange(keys.stream, min=first_unconsumed, max=first_unconsumed)
     record = entry_to_record(found[0][1]) if found else None
