@@ -177,6 +177,11 @@ def main() -> None:
         help="Kafka clients today's validation reads with ('default': the one the mirror "
         "did not use)",
     )
+    parser.add_argument(
+        "--skip-baseline-backfill",
+        action="store_true",
+        help="backfill with today's code only (the baseline still validates and hands over)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -217,7 +222,8 @@ def main() -> None:
         client = redis.Redis.from_url(services.redis_url)
         names = {"new": "scale", "baseline": "scale-base"}
         for run in range(args.runs):  # alternating; each backfill into a fresh stream
-            for which in list(libs) if run % 2 == 0 else list(libs)[::-1]:
+            backfills = ["new"] if args.skip_baseline_backfill else list(libs)
+            for which in backfills if run % 2 == 0 else backfills[::-1]:
                 for key in client.scan_iter(match=f"*{{{names[which]}}}*", count=1000):
                     client.delete(key)
                 r = measure(client, kind="backfill", lib=libs[which], name=names[which])
