@@ -160,14 +160,15 @@ def _redis_checks(config: StreamConfig, result: Preflight, info: TopicInfo | Non
 
 def _cluster_eviction(client) -> tuple[str, bool, str]:
     """noeviction on every primary of a cluster: a slot may move to any of them."""
-    policies = {
-        f"{n.host}:{n.port}": server_info(client.get_redis_connection(n)).maxmemory_policy
-        for n in client.get_primaries()
-    }
+    policies: dict[str, str] = {}
+    for n in client.get_primaries():
+        try:
+            policy = server_info(client.get_redis_connection(n)).maxmemory_policy
+        except redis.RedisError as exc:  # the user cannot log in there, say
+            policy = f"unreadable ({exc})"
+        policies[f"{n.host}:{n.port}"] = policy or "unreadable (CONFIG not permitted)"
     other = {node: p for node, p in policies.items() if p != "noeviction"}
-    detail = "; ".join(
-        f"{node}: {p or 'unreadable (CONFIG not permitted)'}" for node, p in other.items()
-    )
+    detail = "; ".join(f"{node}: {p}" for node, p in other.items())
     return (
         "maxmemory-policy is noeviction",
         not other,
