@@ -1,10 +1,17 @@
 """ferry on a Redis Cluster: the same test bodies as on a standalone server, run against a
 local 3-primary cluster (redis-server and Valkey), plus what only a cluster has: a migration
-whose slot lives on another node than the seed (MOVED) and a slot that moves while the mirror
-and a writer run (ASK, then MOVED).
+whose slot lives on another node than the seed (MOVED), a slot that moves while the mirror
+and a writer run (ASK, then MOVED), a primary that dies or fails over to its replica, ACL
+users that differ between nodes, and a primary that may evict.
 
-The cluster is started once per Redis kind, on the first stack of that kind (``redis_side``):
-one Kafka broker, Tansu in ``make test``.
+The standalone bodies collected here (backfill, validate, dual-write, cutover, consume,
+retention, finish, rollback, preflight and its ACL probe, the roles' ACL lines, the runbook's
+full run) take this module's ``redis_client`` and ``make_stream``: a cluster client, and
+streams whose config lists the cluster's nodes in ``redis.cluster.addresses``.
+
+The cluster is started once per Redis kind for the whole session (cluster.shared_cluster),
+on the first stack of that kind (``redis_side``): one Kafka broker, Tansu in ``make test``.
+The failover tests start one of their own (they leave a primary dead).
 """
 
 from __future__ import annotations
