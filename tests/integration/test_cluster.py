@@ -523,3 +523,43 @@ def test_a_failover_in_redis_primary_loses_no_redis_first_write(
     assert report.ok, report.failures()
     next(factory, None)
     client.close()
+
+
+def test_the_mirror_and_writer_lines_are_enough_on_the_cluster(make_stream, acl_user, redis_client):
+    """Each role as a user holding exactly its line on every node: the mirror copies, the
+    writer writes in dual-write and Redis-first; the cluster client's own commands (CLUSTER
+    SLOTS, COMMAND, COMMAND GETKEYS for XREAD) are in the lines, and ACL LOG shows no denial."""
+    from ferry.live.phases import DRAINING, DUAL_WRITE, REDIS_PRIMARY, set_phase
+
+    stream = make_stream(test_acl_roles.records(200), partitions=2)
+    keys = migration_keys(stream.config)
+    redis_client.acl_log_reset()
+    mirror_creds = acl_user("mirror", stream.config.name)
+    writer_creds = acl_user("writer", stream.config.name)
+    _, as_mirror = test_acl_roles.as_user(stream, mirror_creds)
+    _, as_writer = test_acl_roles.as_user(stream, writer_creds)
+    assert backfill(as_mirror, progress=False).records == 200
+    set_phase(redis_client, keys, DUAL_WRITE)
+    writer = ferry.DualWriter(as_writer, poll_interval_s=0.02)
+    try:
+        for i in range(40):
+            writer.send(b"dual %d" % i, key=b"k", partition=i % 2)
+        writer.flush()
+        set_phase(redis_client, keys, DRAINING)
+        set_phase(redis_client, keys, REDIS_PRIMARY)
+        test_acl_roles.wait_until(lambda: writer.phase == REDIS_PRIMARY, "the phase", 10)
+        for i in range(30):
+            writer.send(b"first %d" % i, key=b"k", partition=i % 2)
+        writer.flush()
+    finally:
+        writer.close()
+    assert writer.counts.failures == 0 and not writer.failed, writer.failed[:3]
+    assert writer.counts.written_redis == 40 and writer.counts.written_redis_first == 30
+    assert redis_client.xlen(stream.config.redis.stream) == 270
+    users = {mirror_creds["user"], writer_creds["user"]}
+    denied = [
+        e
+        for e in redis_client.acl_log()
+        if e["username"] in users and e["object"] != "client|setinfo"
+    ]
+    assert denied == [], denied
