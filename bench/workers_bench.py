@@ -8,9 +8,10 @@ start until every partition's frontier in Redis reached the topic's end (the wor
 exit by themselves: ``--workers`` without ``--follow``). Reported per configuration (median
 of --runs): msg/s end to end (process start included: group join and arming), msg/s from the
 first write, the ratio to 1 worker, and CPU seconds: per worker process (getrusage of each
-child), all workers together, the Redis server(s) and the broker, and the workers' CPU
-microseconds per record (the per-core figure: a core running only workers would copy
-1e6 / that many records a second).
+child, interpreter start included), all workers together, the Redis server(s) and the
+broker; the workers' CPU microseconds per record (the per-core figure: a core running only
+workers would copy 1e6 / that many records a second); and the cores the copy got (all that
+CPU over the wall time: below 2 on this machine means other work had the rest).
 
 Today every key of a migration shares one hash tag ``{name}``, so on the cluster all of a
 migration's partitions sit on one shard: the cluster rows measure that layout as it is.
@@ -207,13 +208,18 @@ def summarize(target: str, workers: int, runs: list[dict], records: int) -> dict
         "cpu_us_per_record": med(total_cpu) / records * 1e6,
         "redis_cpu_s": med(r["redis_cpu_s"] for r in runs),
         "broker_cpu_s": med(r["broker_cpu_s"] for r in runs),
+        # how much of the machine the copy got: workers + Redis + broker CPU over wall time
+        "cores_used": med(
+            (sum(r["worker_cpu_s"]) + r["redis_cpu_s"] + r["broker_cpu_s"]) / r["seconds"]
+            for r in runs
+        ),
     }
 
 
 def print_table(rows: list[dict]) -> None:
     print()
     head = ("target", "procs", "msg/s", "x 1w", "copy msg/s", "cpu s/proc", "cpu s all",
-            "us/rec", "redis cpu", "broker cpu")  # fmt: skip
+            "us/rec", "redis cpu", "broker cpu", "cores used")  # fmt: skip
     print("  ".join(f"{h:>10}" for h in head))
     base = {r["target"]: r["msg_per_s"] for r in rows if r["workers"] == 1}
     for r in rows:
@@ -222,7 +228,8 @@ def print_table(rows: list[dict]) -> None:
         cells = (r["target"], procs, f"{r['msg_per_s']:,.0f}", f"{ratio:.2f}",
                  f"{r['copy_msg_per_s']:,.0f}", f"{r['cpu_s_per_worker']:.1f}",
                  f"{r['cpu_s_workers']:.1f}", f"{r['cpu_us_per_record']:.1f}",
-                 f"{r['redis_cpu_s']:.1f}", f"{r['broker_cpu_s']:.1f}")  # fmt: skip
+                 f"{r['redis_cpu_s']:.1f}", f"{r['broker_cpu_s']:.1f}",
+                 f"{r['cores_used']:.2f}")  # fmt: skip
         print("  ".join(f"{c:>10}" for c in cells))
 
 
