@@ -94,6 +94,18 @@ def owner_port(local: LocalCluster, slot: int) -> int:
     raise AssertionError(f"slot {slot} has no owner")
 
 
+def primary_ports(local: LocalCluster) -> set[int]:
+    """The ports of the nodes that own slots now, as the first live node sees them."""
+    for port in local.ports:
+        with node_client(port) as client:
+            try:
+                slots = client.execute_command("CLUSTER SLOTS")
+            except redis.ConnectionError:
+                continue
+        return {int(primary[1]) for _, _, primary, *_ in slots}
+    raise AssertionError("no node of the cluster answers")
+
+
 def name_on_node(local: LocalCluster, port: int, prefix: str) -> str:
     """A migration name ``prefix-N`` whose hash tag ``{name}`` lives on the node at ``port``."""
     for n in range(10_000):
@@ -167,7 +179,7 @@ def add_replica(local: LocalCluster, primary_port: int, folder: Path) -> tuple[i
     port, bus = free_port(), free_port()
     args = _redis_args(local.binary, port, folder)
     args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-    args += ["--cluster-port", str(bus), "--cluster-node-timeout", "2000"]
+    args += ["--cluster-port", str(bus), "--cluster-node-timeout", "1000"]
     log = folder / "redis.log"
     proc = _spawn(args, log)
     url = f"redis://127.0.0.1:{port}/0"

@@ -53,6 +53,7 @@ from .cluster import (
     name_on_node,
     node_client,
     owner_port,
+    primary_ports,
     shared_cluster,
     slot_of,
     start_cluster_like,
@@ -364,6 +365,9 @@ def runbook_stream(services, redis_client, local_cluster, tmp_path, monkeypatch,
 test_runbook_full_run = test_runbook.test_full_run_passes_every_gate_and_archives_verifiably
 
 
+FAILOVER_NODE_TIMEOUT_MS = 1000
+
+
 @pytest.fixture(scope="module")
 def failover_cluster(services, tmp_path_factory):
     """A cluster of its own for the failover test (it leaves a primary dead), and the pids of
@@ -374,89 +378,14 @@ def failover_cluster(services, tmp_path_factory):
         pytest.skip("the cluster tests run on one broker, Tansu (stack has none)")
     folder = tmp_path_factory.mktemp(f"failover-{services.redis_kind}")
     local = start_cluster_like(services, folder)
-    added: list[int] = []
+    for port in local.ports:  # a dead primary is found in 1 s, not 5: a shorter test
+        with node_client(port) as plain:
+            plain.config_set("cluster-node-timeout", FAILOVER_NODE_TIMEOUT_MS)
+    added: dict[int, int] = {}  # port -> pid of each replica a test added
     yield local, added
     local.stop()
-    for pid in added:
+    for pid in added.values():
         _terminate(pid)
-
-
-def test_the_migrations_primary_dies_and_its_replica_takes_over_nothing_lost(
-    failover_cluster, services, request, tmp_path
-):
-    """kill -9 of the primary that owns the migration's slot, while the mirror follows and a
-    writer dual-writes: the cluster is down until the replica is elected (CLUSTERDOWN, refused
-    connections, then MOVED to the replica); both wait it out, and afterwards every Kafka
-    record is in the stream once, in order. The replica may have missed the last writes the
-    primary acknowledged (replication is asynchronous): their entries and the frontier go
-    together (one script), so the mirror copies them again from Kafka."""
-    import os
-    import signal
-
-    local, added = failover_cluster
-    client = cluster_client(local)
-    factory = stream_factory(services, client, request, _cluster_doc(local), prefix="f")
-    make = next(factory)
-    writer = mirror = None
-    try:
-        stream = make(list(payment_events(600, 2)), partitions=2)
-        keys = migration_keys(stream.config)
-        slot = slot_of(keys.state)
-        primary = owner_port(local, slot)
-        replica, pid = add_replica(local, primary, tmp_path / "replica")
-        added.append(pid)
-        backfill(stream.config, progress=False)
-        start_dual_write(client, keys, "test")
-        mirror = Mirror(stream.config)
-        writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
-        sent = 0
-        for what, n in ((b"before", 200), (b"while down", 300)):
-            for i in range(n):
-                writer.send(what + b" %d" % i, key=b"k%d" % (i % 7))
-            sent += n
-            if what == b"before":
-                writer.flush()
-                os.kill(local.pids[local.ports.index(primary)], signal.SIGKILL)
-        wait_for_owner(local, slot, replica)
-        for i in range(300):
-            writer.send(b"after %d" % i, key=b"k%d" % (i % 7))
-        sent += 300
-        writer.flush()
-        test_primary.wait_for_no_lag(stream.config)
-    finally:
-        if writer is not None:
-            writer.close()
-        if mirror is not None:
-            mirror.close()  # raises if the following mirror died
-    assert not writer.failed and writer.counts.failures == 0, writer.counts
-    assert writer.counts.delivered == sent
-    with node_client(replica) as plain:
-        assert plain.exists(keys.state, stream.config.redis.stream) == 2  # on the new primary
-    result = test_primary.check_both_sides(stream, client, 2)
-    assert result.ok, result
-    assert result.kafka == result.redis == 600 + sent
-    report = validate_stream(stream.config)
-    assert report.ok, report.failures()
-    next(factory, None)  # deletes the stream's keys
-    client.close()
-
-
-def test_preflight_names_a_primary_that_may_evict(make_stream, local_cluster):
-    """noeviction is checked on every primary (a slot may move to any): one that may evict,
-    though it does not hold the migration today, fails preflight by name."""
-    from ferry.runbook.preflight import run_preflight
-
-    stream = make_stream(list(payment_events(10, 1)), partitions=1)
-    home = owner_port(local_cluster, slot_of("{" + stream.config.name + "}"))
-    other = next(p for p in local_cluster.ports if p != home)
-    with node_client(other) as plain:
-        plain.config_set("maxmemory-policy", "allkeys-lru")
-        try:
-            checks = {c.name: c for c in run_preflight(stream.config).checks}
-        finally:
-            plain.config_set("maxmemory-policy", "noeviction")
-    check = checks["maxmemory-policy is noeviction"]
-    assert not check.ok and check.detail == f"127.0.0.1:{other}: allkeys-lru"
 
 
 def test_a_failover_in_redis_primary_loses_no_redis_first_write(
@@ -479,7 +408,7 @@ def test_a_failover_in_redis_primary_loses_no_redis_first_write(
         slot = slot_of(keys.state)
         primary = owner_port(local, slot)
         replica, pid = add_replica(local, primary, tmp_path / "replica")
-        added.append(pid)
+        added[replica] = pid
         backfill(stream.config, progress=False)
         start_dual_write(client, keys, "test")
         mirror = Mirror(stream.config)
@@ -523,6 +452,88 @@ def test_a_failover_in_redis_primary_loses_no_redis_first_write(
     assert report.ok, report.failures()
     next(factory, None)
     client.close()
+
+
+def test_the_migrations_primary_dies_and_its_replica_takes_over_nothing_lost(
+    failover_cluster, services, request, tmp_path
+):
+    """kill -9 of the primary that owns the migration's slot, while the mirror follows and a
+    writer dual-writes: the cluster is down until the replica is elected (CLUSTERDOWN, refused
+    connections, then MOVED to the replica); both wait it out, and afterwards every Kafka
+    record is in the stream once, in order. The replica may have missed the last writes the
+    primary acknowledged (replication is asynchronous): their entries and the frontier go
+    together (one script), so the mirror copies them again from Kafka."""
+    import os
+    import signal
+
+    local, added = failover_cluster
+    client = cluster_client(local)
+    factory = stream_factory(services, client, request, _cluster_doc(local), prefix="f")
+    make = next(factory)
+    writer = mirror = None
+    # a primary with no replica yet (the failover test before this one made one a replica)
+    port = next(p for p in local.ports if p in primary_ports(local))
+    try:
+        name = name_on_node(local, port, f"dies{next(_counter)}")
+        stream = make(list(payment_events(600, 2)), partitions=2, name=name)
+        keys = migration_keys(stream.config)
+        slot = slot_of(keys.state)
+        primary = owner_port(local, slot)
+        replica, pid = add_replica(local, primary, tmp_path / "replica")
+        added[replica] = pid
+        backfill(stream.config, progress=False)
+        start_dual_write(client, keys, "test")
+        mirror = Mirror(stream.config)
+        writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+        sent = 0
+        for what, n in ((b"before", 200), (b"while down", 300)):
+            for i in range(n):
+                writer.send(what + b" %d" % i, key=b"k%d" % (i % 7))
+            sent += n
+            if what == b"before":
+                writer.flush()
+                pids = {**dict(zip(local.ports, local.pids, strict=True)), **added}
+                os.kill(pids[primary], signal.SIGKILL)  # an original primary or a replica
+        wait_for_owner(local, slot, replica)
+        for i in range(300):
+            writer.send(b"after %d" % i, key=b"k%d" % (i % 7))
+        sent += 300
+        writer.flush()
+        test_primary.wait_for_no_lag(stream.config)
+    finally:
+        if writer is not None:
+            writer.close()
+        if mirror is not None:
+            mirror.close()  # raises if the following mirror died
+    assert not writer.failed and writer.counts.failures == 0, writer.counts
+    assert writer.counts.delivered == sent
+    with node_client(replica) as plain:
+        assert plain.exists(keys.state, stream.config.redis.stream) == 2  # on the new primary
+    result = test_primary.check_both_sides(stream, client, 2)
+    assert result.ok, result
+    assert result.kafka == result.redis == 600 + sent
+    report = validate_stream(stream.config)
+    assert report.ok, report.failures()
+    next(factory, None)  # deletes the stream's keys
+    client.close()
+
+
+def test_preflight_names_a_primary_that_may_evict(make_stream, local_cluster):
+    """noeviction is checked on every primary (a slot may move to any): one that may evict,
+    though it does not hold the migration today, fails preflight by name."""
+    from ferry.runbook.preflight import run_preflight
+
+    stream = make_stream(list(payment_events(10, 1)), partitions=1)
+    home = owner_port(local_cluster, slot_of("{" + stream.config.name + "}"))
+    other = next(p for p in local_cluster.ports if p != home)
+    with node_client(other) as plain:
+        plain.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            checks = {c.name: c for c in run_preflight(stream.config).checks}
+        finally:
+            plain.config_set("maxmemory-policy", "noeviction")
+    check = checks["maxmemory-policy is noeviction"]
+    assert not check.ok and check.detail == f"127.0.0.1:{other}: allkeys-lru"
 
 
 def test_the_mirror_and_writer_lines_are_enough_on_the_cluster(make_stream, acl_user, redis_client):
