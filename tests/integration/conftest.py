@@ -63,16 +63,27 @@ def _first_stack_per_redis_kind() -> set[tuple[str, str]]:
     return set(first.values())
 
 
+def _first_stack_per_broker() -> set[tuple[str, str]]:
+    first: dict[str, tuple[str, str]] = {}
+    for kafka, redis_kind in STACKS:
+        first.setdefault(kafka, (kafka, redis_kind))
+    return set(first.values())
+
+
 def pytest_collection_modifyitems(config, items):
     """A test marked ``redis_side`` proves Redis behaviour (faults, failover, TLS, ACLs, the
     CLI's answers to them): it runs once per Redis server, on the first stack that has that
-    server, and is deselected (not skipped) on the other brokers' stacks."""
-    keep_on = _first_stack_per_redis_kind()
+    server, and is deselected (not skipped) on the other brokers' stacks. A test marked
+    ``kafka_side`` (the brokers' group protocol, say) runs once per broker, likewise."""
+    keep_on = {"redis_side": _first_stack_per_redis_kind(), "kafka_side": _first_stack_per_broker()}
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         stack = callspec.params.get("services") if callspec else None
-        if stack is not None and item.get_closest_marker("redis_side") and stack not in keep_on:
+        if stack is not None and any(
+            item.get_closest_marker(side) and stack not in stacks
+            for side, stacks in keep_on.items()
+        ):
             dropped.append(item)
         else:
             kept.append(item)

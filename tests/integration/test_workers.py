@@ -23,6 +23,8 @@ from ferry.services.seed import BASE_TS_MS, payment_events
 
 from .helpers import ferry_cli, read_kafka_raw, read_redis_records, wait_for_mirror, wait_until
 
+pytestmark = pytest.mark.kafka_side  # the brokers' group protocol: once per broker
+
 PARTITIONS = 8
 HISTORY = 40_000
 SESSION_MS = 6_000  # Kafka's group.min.session.timeout.ms
@@ -147,41 +149,37 @@ def test_workers_die_join_and_wake_without_losing_or_doubling(make_stream, redis
     workers_die_join_and_wake(make_stream, redis_client, tmp_path)
 
 
-@pytest.fixture(scope="module")
-def local_cluster(services, tmp_path_factory):
-    from .cluster import start_cluster_like
-
-    local = start_cluster_like(services, tmp_path_factory.mktemp(f"wcluster-{services.redis_kind}"))
-    yield local
-    local.stop()
-
-
 @pytest.fixture
-def cluster_redis(local_cluster):
-    from .cluster import cluster_client
+def cluster_redis(request, services):
+    from .cluster import cluster_client, shared_cluster
 
-    client = cluster_client(local_cluster)
+    client = cluster_client(shared_cluster(request, services))
     yield client
     client.close()
 
 
 @pytest.fixture
-def make_cluster_stream(services, cluster_redis, local_cluster, request):
+def make_cluster_stream(services, cluster_redis, request):
+    from .cluster import shared_cluster
     from .conftest import stream_factory
 
-    target = {"cluster": {"addresses": local_cluster.addresses}}
+    target = {"cluster": {"addresses": shared_cluster(request, services).addresses}}
     yield from stream_factory(services, cluster_redis, request, target, prefix="wc")
 
 
 @pytest.mark.redis_side
 def test_workers_on_a_3_primary_cluster(make_cluster_stream, cluster_redis, tmp_path):
-    """The same scenario with the stream on a local 3-primary Redis Cluster."""
-    workers_die_join_and_wake(make_cluster_stream, cluster_redis, tmp_path)
+    """The same scenario with the stream on a local 3-primary Redis Cluster, in the spread
+    layout: each partition on its own slot, so the workers write to every shard."""
+    workers_die_join_and_wake(make_cluster_stream, cluster_redis, tmp_path, layout="spread")
 
 
-def workers_die_join_and_wake(make_stream, redis_client, tmp_path):
+def workers_die_join_and_wake(make_stream, redis_client, tmp_path, layout="merged"):
     stream = make_stream(
-        list(payment_events(HISTORY, PARTITIONS)), partitions=PARTITIONS, client="confluent"
+        list(payment_events(HISTORY, PARTITIONS)),
+        partitions=PARTITIONS,
+        client="confluent",
+        layout=layout,
     )
     config = stream.config
     keys = migration_keys(config)
@@ -238,7 +236,11 @@ def workers_die_join_and_wake(make_stream, redis_client, tmp_path):
     # the independent check: both sides read raw, every record compared
     kafka = read_kafka_raw(stream.bootstrap, config.kafka.topic, PARTITIONS)
     assert sum(len(v) for v in kafka.values()) == HISTORY + traffic.sent
-    entries = read_redis_records(redis_client, keys.stream)
+    entries = [
+        e
+        for k in keys.streams(list(range(PARTITIONS)))
+        for e in read_redis_records(redis_client, k)
+    ]
     ordered = [r for p in sorted(kafka) for r in kafka[p]]
     result = reconcile(ordered, entries)
     assert (result.lost, result.duplicated, result.misordered) == (0, 0, 0), result
