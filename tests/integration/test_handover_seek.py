@@ -108,6 +108,7 @@ def test_seek_equals_scan_on_an_unevenly_interleaved_merged_stream(
     assert_seek_equals_scan(redis_client, stream.config, cases(ends))
     if budget is not None:  # a seek that would read too much gives way to the scan
         monkeypatch.setattr(handover, "SEEK_MAX_READ", 100)
+        monkeypatch.setattr(handover, "SEEK_MAX_SHARE", 0)
         with pytest.raises(SeekRefused, match="the scan is cheaper"):
             seek_plan(redis_client, migration_keys(stream.config), stream.config, {0: 5})
         monkeypatch.undo()

@@ -383,9 +383,12 @@ return {status, fwd, bwd, unpack(out)}
 """
 SEEK_BUDGET = 20_000  # entries one probe call reads at most (it holds the server meanwhile)
 SEEK_CHUNK = 500
-# entries all the probes of one seek may read before it gives up for the scan: partitions far
-# apart in the stream (a merged stream's runs of one partition are long) cost more per probe
-SEEK_MAX_READ = 5_000_000
+# the share of the stream all the probes of one seek may read before it gives up for the scan
+# (a probe reads until it has met every partition: in a merged stream a backfill leaves long
+# runs of one partition, so probes there read a lot); a probe's entry costs about half of a
+# scanned one, so giving up wastes at most about an eighth of the scan's time
+SEEK_MAX_SHARE = 0.25
+SEEK_MAX_READ = 200_000  # at least this many entries, whatever the stream's length
 SEEK_IN_MS = 2000  # entries of one millisecond read in order; more: a binary search
 MAX_SEQ = 2**64 - 1
 
@@ -488,7 +491,7 @@ def seek_plan(
             if status != "budget":
                 break
             read += SEEK_BUDGET
-            if read > SEEK_MAX_READ:
+            if read > max(SEEK_MAX_READ, int(dense.length * SEEK_MAX_SHARE)):
                 raise SeekRefused(
                     f"the probes read {read} entries (partitions far apart in the stream): "
                     "the scan is cheaper"
@@ -505,7 +508,15 @@ def seek_plan(
 
     if not open_ or not unconsumed_at_or_before(dense.last):
         return _id_text(dense.last), dense.length, 0  # every entry consumed
-    low, high = dense.first[0], dense.last[0]  # the first ms whose end has an unconsumed entry
+    # the first ms whose end has an unconsumed entry: galloping back from the stream's end (a
+    # hand-over usually finds the group near the head, where the probes stay), then bisecting
+    low, high, step = dense.first[0], dense.last[0], 1
+    while high - step > low:
+        if unconsumed_at_or_before((high - step, MAX_SEQ)):
+            high, step = high - step, step * 2
+        else:
+            low = high - step + 1
+            break
     while low < high:
         mid = (low + high) // 2
         if unconsumed_at_or_before((mid, MAX_SEQ)):
