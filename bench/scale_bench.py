@@ -182,6 +182,14 @@ def main() -> None:
         action="store_true",
         help="backfill with today's code only (the baseline still validates and hands over)",
     )
+    parser.add_argument("--skip-validate", action="store_true", help="backfill and hand-over only")
+    parser.add_argument(
+        "--handover-behind",
+        type=int,
+        default=None,
+        help="the group committed this many records behind the end of every partition "
+        "(default: half-way through every partition)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -236,11 +244,19 @@ def main() -> None:
         from ferry.core.ingest import migration_keys, read_state
 
         _, frontiers = read_state(client, migration_keys(bench_config()))
-        committed = {p: (f + 1) // 2 for p, f in frontiers.items()}
+        if args.handover_behind is None:
+            committed = {p: (f + 1) // 2 for p, f in frontiers.items()}
+        else:
+            committed = {p: max(0, f + 1 - args.handover_behind) for p, f in frontiers.items()}
+        results["handover_committed"] = (
+            "half" if args.handover_behind is None else (f"{args.handover_behind} behind the end")
+        )
         whiches = list(libs)
         for run in range(args.runs):
             for which in whiches if run % 2 == 0 else whiches[::-1]:
                 clients = args.validate_clients.split(",") if which == "new" else ["default"]
+                if args.skip_validate:
+                    clients = []
                 for kafka_client in clients:
                     r = measure(client, kind="validate", lib=libs[which], client=kafka_client)
                     label = f"validate_{which}" + (
