@@ -13,8 +13,10 @@ broker; the workers' CPU microseconds per record (the per-core figure: a core ru
 workers would copy 1e6 / that many records a second); and the cores the copy got (all that
 CPU over the wall time: below 2 on this machine means other work had the rest).
 
-Today every key of a migration shares one hash tag ``{name}``, so on the cluster all of a
-migration's partitions sit on one shard: the cluster rows measure that layout as it is.
+Three targets: a standalone Redis, the cluster with the default layout (every key of a
+migration on the tag ``{name}``: one slot, one shard) and the cluster with the ``spread``
+layout (a tag per partition: the partitions spread over the 3 shards; the busiest shard's
+share of the Redis CPU is reported).
 
 Usage: python bench/workers_bench.py [--records 1000000] [--runs 3] [--workers 1,2,4]
 Writes bench/results/workers-<time>.json.
@@ -72,9 +74,14 @@ def redis_cpu_s(clients: list[redis.Redis]) -> float:
     return total
 
 
-def frontier_sum(client, state_key: str) -> int:
-    raw = client.hgetall(state_key)
-    return sum(int(v) + 1 for k, v in raw.items() if k.startswith(b"frontier:"))
+def frontier_sum(client, keys) -> int:
+    from ferry.core.ingest import read_state
+
+    return sum(f + 1 for f in read_state(client, keys)[1].values())
+
+
+def redis_cpu_per_node(clients: list[redis.Redis]) -> list[float]:
+    return [redis_cpu_s([c]) for c in clients]
 
 
 def one_run(target: dict, nodes, reader, workers: int, bootstrap: str, topic: str, records, tmp):
@@ -89,8 +96,10 @@ def one_run(target: dict, nodes, reader, workers: int, bootstrap: str, topic: st
     path.write_text(yaml.safe_dump(doc))
     cli = [sys.executable, "-m", "ferry.cli", "--log-level", "WARNING", "backfill", str(path)]
     cli += ["--no-progress"] + (["--workers"] if workers else [])
-    state_key = f"{{{name}}}:ferry:state"
-    redis_before = redis_cpu_s(nodes)
+    from ferry.core.ingest import MigrationKeys
+
+    keys = MigrationKeys(f"{{{name}}}", doc["redis"]["stream"], target.get("layout", "merged"))
+    redis_before = redis_cpu_per_node(nodes)
     started = time.monotonic()
     procs = [
         subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -98,7 +107,7 @@ def one_run(target: dict, nodes, reader, workers: int, bootstrap: str, topic: st
     ]
     first_write = done_at = None
     while done_at is None:
-        copied = frontier_sum(reader, state_key)
+        copied = frontier_sum(reader, keys)
         now = time.monotonic()
         if first_write is None and copied > 0:
             first_write = now
@@ -115,14 +124,15 @@ def one_run(target: dict, nodes, reader, workers: int, bootstrap: str, topic: st
         if p.returncode != 0:
             raise SystemExit(f"a worker failed: {p.stderr.read().decode()[-800:]}")
         cpu.append(usage.ru_utime + usage.ru_stime)
-    redis_after = redis_cpu_s(nodes)
+    per_node = [a - b for a, b in zip(redis_cpu_per_node(nodes), redis_before, strict=True)]
     for node in nodes:
         node.flushall()
     return {
         "seconds": done_at - started,
         "copy_seconds": done_at - (first_write or started),
         "worker_cpu_s": cpu,
-        "redis_cpu_s": redis_after - redis_before,
+        "redis_cpu_s": sum(per_node),
+        "busiest_shard_share": max(per_node) / sum(per_node) if sum(per_node) else 0.0,
     }
 
 
@@ -132,6 +142,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--kafka", default="apache:3.7")
+    parser.add_argument("--targets", default="", help="standalone,cluster-3,spread-3 (all)")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
 
@@ -163,7 +174,14 @@ def main() -> None:
                 [redis.Redis(host="127.0.0.1", port=p) for p in cluster.ports],
                 RedisCluster(host="127.0.0.1", port=cluster.ports[0]),
             ),
+            "spread-3": (
+                {"cluster": {"addresses": cluster.addresses}, "layout": "spread"},
+                [redis.Redis(host="127.0.0.1", port=p) for p in cluster.ports],
+                RedisCluster(host="127.0.0.1", port=cluster.ports[0]),
+            ),
         }
+        if args.targets:
+            targets = {k: v for k, v in targets.items() if k in args.targets.split(",")}
         rows = []
         for target_name, (target, nodes, reader) in targets.items():
             for workers in [0, *counts]:
@@ -207,6 +225,7 @@ def summarize(target: str, workers: int, runs: list[dict], records: int) -> dict
         "cpu_s_workers": med(total_cpu),
         "cpu_us_per_record": med(total_cpu) / records * 1e6,
         "redis_cpu_s": med(r["redis_cpu_s"] for r in runs),
+        "busiest_shard_share": med(r["busiest_shard_share"] for r in runs),
         "broker_cpu_s": med(r["broker_cpu_s"] for r in runs),
         # how much of the machine the copy got: workers + Redis + broker CPU over wall time
         "cores_used": med(
@@ -219,7 +238,7 @@ def summarize(target: str, workers: int, runs: list[dict], records: int) -> dict
 def print_table(rows: list[dict]) -> None:
     print()
     head = ("target", "procs", "msg/s", "x 1w", "copy msg/s", "cpu s/proc", "cpu s all",
-            "us/rec", "redis cpu", "broker cpu", "cores used")  # fmt: skip
+            "us/rec", "redis cpu", "busiest", "broker cpu", "cores used")  # fmt: skip
     print("  ".join(f"{h:>10}" for h in head))
     base = {r["target"]: r["msg_per_s"] for r in rows if r["workers"] == 1}
     for r in rows:
@@ -228,7 +247,8 @@ def print_table(rows: list[dict]) -> None:
         cells = (r["target"], procs, f"{r['msg_per_s']:,.0f}", f"{ratio:.2f}",
                  f"{r['copy_msg_per_s']:,.0f}", f"{r['cpu_s_per_worker']:.1f}",
                  f"{r['cpu_s_workers']:.1f}", f"{r['cpu_us_per_record']:.1f}",
-                 f"{r['redis_cpu_s']:.1f}", f"{r['broker_cpu_s']:.1f}",
+                 f"{r['redis_cpu_s']:.1f}", f"{r['busiest_shard_share']:.0%}",
+                 f"{r['broker_cpu_s']:.1f}",
                  f"{r['cores_used']:.2f}")  # fmt: skip
         print("  ".join(f"{c:>10}" for c in cells))
 
