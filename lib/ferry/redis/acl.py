@@ -27,11 +27,11 @@ class Role:
 
     def setuser_line(self, user: str, name: str) -> str:
         """The ``ACL SETUSER`` line for ``user`` playing this role on migration ``name``:
-        only its commands, only the migration's keys (every key carries ``{name}``)."""
+        only its commands, only the migration's keys (every key carries ``{name}``, or in the
+        spread layout ``{name:<partition>}``; names hold no ``:``, so no other migration's)."""
         allowed = " ".join(f"+{c}" for c in (*CONNECT, *self.commands))
-        return (
-            f"ACL SETUSER {user} on >PASSWORD resetkeys ~*{{{name}}}* resetchannels -@all {allowed}"
-        )
+        keys = f"~*{{{name}}}* ~*{{{name}:*}}*"
+        return f"ACL SETUSER {user} on >PASSWORD resetkeys {keys} resetchannels -@all {allowed}"
 
 
 ROLES: dict[str, Role] = {
