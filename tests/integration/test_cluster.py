@@ -536,13 +536,16 @@ def test_preflight_names_a_primary_that_may_evict(make_stream, local_cluster):
     assert not check.ok and check.detail == f"127.0.0.1:{other}: allkeys-lru"
 
 
-def test_the_mirror_and_writer_lines_are_enough_on_the_cluster(make_stream, acl_user, redis_client):
+@pytest.mark.parametrize("layout", ["merged", "spread"])
+def test_the_mirror_and_writer_lines_are_enough_on_the_cluster(
+    make_stream, acl_user, redis_client, layout
+):
     """Each role as a user holding exactly its line on every node: the mirror copies, the
     writer writes in dual-write and Redis-first; the cluster client's own commands (CLUSTER
     SLOTS, COMMAND, COMMAND GETKEYS for XREAD) are in the lines, and ACL LOG shows no denial."""
     from ferry.live.phases import DRAINING, DUAL_WRITE, REDIS_PRIMARY, set_phase
 
-    stream = make_stream(test_acl_roles.records(200), partitions=2)
+    stream = make_stream(test_acl_roles.records(200), partitions=2, layout=layout)
     keys = migration_keys(stream.config)
     redis_client.acl_log_reset()
     mirror_creds = acl_user("mirror", stream.config.name)
@@ -566,7 +569,7 @@ def test_the_mirror_and_writer_lines_are_enough_on_the_cluster(make_stream, acl_
         writer.close()
     assert writer.counts.failures == 0 and not writer.failed, writer.failed[:3]
     assert writer.counts.written_redis == 40 and writer.counts.written_redis_first == 30
-    assert redis_client.xlen(stream.config.redis.stream) == 270
+    assert sum(redis_client.xlen(k) for k in keys.streams([0, 1])) == 270
     users = {mirror_creds["user"], writer_creds["user"]}
     denied = [
         e

@@ -309,7 +309,7 @@ def _arm_spread(client, keys: MigrationKeys, script, args: list) -> int:
 
 def armed_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int]:
     """The partitions armed in the spread layout (their ``armed:<p>`` marks)."""
-    fields = client.hkeys(keys.state)
+    fields = client.hgetall(keys.state)  # HGETALL: every role that reads the state has it
     return sorted(int(f[6:]) for f in fields if f.startswith(b"armed:"))
 
 
