@@ -80,17 +80,17 @@ def current_rss_mb() -> float:
     return 0.0
 
 
-def bench_config(name: str = "scale"):
+def bench_config(name: str = "scale", batch_size: int | None = None):
     from ferry.config import parse_config
 
-    return parse_config(
-        {
-            "name": name,
-            "kafka": {"bootstrap_servers": "embedded", "topic": "scale"},
-            "redis": {"url": "embedded"},
-        },
-        "<bench>",
-    )
+    doc = {
+        "name": name,
+        "kafka": {"bootstrap_servers": "embedded", "topic": "scale"},
+        "redis": {"url": "embedded"},
+    }
+    if batch_size is not None:
+        doc["batch_size"] = batch_size
+    return parse_config(doc, "<bench>")
 
 
 def child(spec: dict) -> None:
@@ -102,7 +102,7 @@ def child(spec: dict) -> None:
     import ferry.validate as validate
 
     assert Path(validate.__file__).is_relative_to(spec["lib"]), validate.__file__
-    config = bench_config(spec.get("name", "scale"))
+    config = bench_config(spec.get("name", "scale"), spec.get("batch_size"))
     base = current_rss_mb()
     started = time.perf_counter()
     if spec["kind"] == "validate":
@@ -182,6 +182,13 @@ def main() -> None:
         action="store_true",
         help="backfill with today's code only (the baseline still validates and hands over)",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the backfill's batch_size: small batches interleave the partitions finely in "
+        "the merged stream, as live traffic does (default: the config's default)",
+    )
     parser.add_argument("--skip-validate", action="store_true", help="backfill and hand-over only")
     parser.add_argument(
         "--handover-behind",
@@ -215,6 +222,7 @@ def main() -> None:
         "broker": f"{services.kafka_kind} {services.kafka_version}",
         "redis": services.redis_kind,
         "baseline": args.baseline,
+        "batch_size": args.batch_size,
         "new": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", args.new],
             capture_output=True,
@@ -234,7 +242,13 @@ def main() -> None:
             for which in backfills if run % 2 == 0 else backfills[::-1]:
                 for key in client.scan_iter(match=f"*{{{names[which]}}}*", count=1000):
                     client.delete(key)
-                r = measure(client, kind="backfill", lib=libs[which], name=names[which])
+                r = measure(
+                    client,
+                    kind="backfill",
+                    lib=libs[which],
+                    name=names[which],
+                    batch_size=args.batch_size,
+                )
                 samples.setdefault(f"backfill_{which}", []).append(r)
                 print(
                     f"backfill {which}: {r['seconds']:.1f} s, {args.records / r['seconds']:,.0f}/s"
