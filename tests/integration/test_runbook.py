@@ -252,3 +252,38 @@ def test_a_rebuilt_archive_is_caught_by_its_anchor(runbook_stream, tmp_path, mon
     )
     done = subprocess.run(verify, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 6 and "not signed by that key" in done.stdout, done
+
+
+@pytest.mark.redis_side
+@pytest.mark.kafka_side  # both: one stack only (the layout is ferry's, not a server's)
+def test_a_spread_migration_passes_every_gate(runbook_stream, tmp_path, redis_client):
+    """The runbook on the spread layout (a hash tag per partition), with a live producer
+    through every phase and the operator's ACL line: every step passes and every partition's
+    stream holds its records."""
+    config, name = runbook_stream
+    doc = yaml.safe_load(config.read_text())
+    doc["redis"]["layout"] = "spread"
+    config.write_text(yaml.safe_dump(doc))
+    stop = threading.Event()
+    counts = {}
+    traffic = threading.Thread(
+        target=lambda: counts.update(
+            generate_traffic(load_config(config), rate=300, should_stop=stop.is_set)
+        )
+    )
+    traffic.start()
+    keys = migration_keys(load_config(config))
+    try:
+        result = run_runbook(str(config), audit_root=tmp_path / "audit", echo=lambda _: None)
+        lengths = [redis_client.xlen(k) for k in keys.streams(list(range(PARTITIONS)))]
+    finally:
+        stop.set()
+        traffic.join(timeout=60)
+        for key in redis_client.scan_iter(match=f"*{{{name}:*}}*"):
+            redis_client.delete(key)
+    assert result.ok, [s.message for s in result.steps]
+    assert [(s.id, s.outcome) for s in result.steps] == [
+        (step, "passed") for step in ("00", "01", "03", "02", "04", "05", "06")
+    ]
+    assert counts["written_redis_first"] > 0 and counts["not_accepted"] == 0
+    assert all(lengths) and not redis_client.exists(keys.stream), lengths
