@@ -23,7 +23,8 @@ from ferry.core.reconcile import kafka_identity, record_identity
 from ferry.errors import FerryError
 from ferry.kafka.confluent_client import client_settings
 from ferry.kafka.source import resolve_bootstrap
-from ferry.live.handover import StreamConsumer, group_translated, handover_requested
+from ferry.live.consumer import StreamConsumer
+from ferry.live.handover import group_translated, handover_requested
 from ferry.redis.target import connect_redis
 
 CHECK_EVERY_S = 0.2

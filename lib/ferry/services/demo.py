@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ferry.config import load_config
 from ferry.core.follower import live_follower, read_follower, stop_follower
+from ferry.errors import HandoverError
 from ferry.exitcodes import ExitCode
-from ferry.live.handover import HandoverError, StreamConsumer
+from ferry.live.consumer import StreamConsumer
 from ferry.live.live_check import LiveReport, check_live_migration
 from ferry.runbook.audit import verify_archive
 from ferry.runbook.plan import audit_home, ferry_home, project_root

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ferry.config import load_config
-from ferry.live.handover import StreamConsumer
+from ferry.live.consumer import StreamConsumer
 
 
 def consume_forever(config_path: str, group: str, consumer: str, output: str) -> None:
