@@ -53,7 +53,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         from ferry.metrics import parse_addr, serve_mirror_metrics
 
         metrics = serve_mirror_metrics(parse_addr(addr), config.name, args.lag_stale_after)
-    on_lag = metrics.on_lag if metrics else None
+    hooks = {  # what the metrics endpoint (if any) hears from the copy
+        "on_batch": metrics.on_batch if metrics else None,
+        "on_lag": metrics.on_lag if metrics else None,
+        "on_redis_fault": metrics.on_redis_fault if metrics else None,
+        "on_error": metrics.on_error if metrics else None,
+    }
     if args.workers or args.group:  # one worker of the migration's Kafka consumer group
         from ferry.core.workers import run_worker
 
@@ -63,27 +68,21 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             group=args.group,
             session_timeout_ms=args.session_timeout,
             should_stop=should_stop,
-            on_batch=metrics.on_batch if metrics else None,
-            on_lag=on_lag,
-            on_redis_fault=metrics.on_redis_fault if metrics else None,
-            on_error=metrics.on_error if metrics else None,
+            **hooks,
         )
         print(json.dumps(summary.as_json()))
         return 0
     if args.follow:
         from ferry.core.follower import heartbeat_on_lag
 
-        on_lag = heartbeat_on_lag(config, on_lag, addr)
+        hooks["on_lag"] = heartbeat_on_lag(config, hooks["on_lag"], addr)
     summary = backfill(
         config,
         follow=args.follow,
         client=args.client,
         progress=not args.no_progress,
         should_stop=should_stop,
-        on_batch=metrics.on_batch if metrics else None,
-        on_lag=on_lag,
-        on_redis_fault=metrics.on_redis_fault if metrics else None,
-        on_error=metrics.on_error if metrics else None,
+        **hooks,
     )
     print(json.dumps(summary.as_json()))
     return 0
