@@ -579,7 +579,9 @@ def translate_group(
     the group, and (offsets read from Kafka) a group with no committed offset on the topic."""
     if config.redis.layout != "merged":
         raise HandoverError(
-            "translate-group handles the merged layout; per-partition layout is not built yet"
+            f"group {group!r}: translate-group handles the merged layout only, and "
+            f"{config.name!r} has redis.layout {config.redis.layout!r} (a Redis group per "
+            "partition stream is not built yet); keep the group on Kafka for now"
         )
     check_reset(reset)
     if committed is None:
