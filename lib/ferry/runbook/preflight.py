@@ -14,6 +14,7 @@ from ferry.kafka.source import TopicInfo, open_source
 from ferry.redis.target import (
     connect_redis,
     is_cluster_client,
+    partition_owners,
     server_info,
     supports_stream_ids,
 )
@@ -178,10 +179,11 @@ def _cluster_eviction(client) -> tuple[str, bool, str]:
 
 def _partition_nodes(client, config: StreamConfig, result: Preflight) -> None:
     """On a cluster, the primary that owns each partition's stream, beside its inventory."""
-    keys = migration_keys(config)
+    owners = partition_owners(
+        client, migration_keys(config), [row["partition"] for row in result.partitions]
+    )
     for row in result.partitions:
-        node = client.get_node_from_key(keys.stream_for(row["partition"]))
-        row["redis node"] = f"{node.host}:{node.port}"
+        row["redis node"] = owners[row["partition"]]
     result.facts["redis_nodes"] = sorted({row["redis node"] for row in result.partitions})
 
 
