@@ -309,7 +309,10 @@ def _arm_spread(client, keys: MigrationKeys, script, args: list) -> int:
 
 def armed_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int]:
     """The partitions armed in the spread layout (their ``armed:<p>`` marks)."""
-    fields = client.hgetall(keys.state)  # HGETALL: every role that reads the state has it
+    return _armed_marks(client.hgetall(keys.state))  # HGETALL: every role reading it has it
+
+
+def _armed_marks(fields) -> list[int]:
     return sorted(int(f[6:]) for f in fields if f.startswith(b"armed:"))
 
 
@@ -331,7 +334,7 @@ def read_state_fields(client: redis.Redis, keys: MigrationKeys) -> dict[bytes, b
     if not keys.spread:
         return raw
     merged: dict[bytes, bytes] = {}
-    for partition in sorted(int(f[6:]) for f in raw if f.startswith(b"armed:")):
+    for partition in _armed_marks(raw):
         merged.update(client.hgetall(keys.partition_state(partition)))
     merged.update(raw)
     return merged
