@@ -361,9 +361,10 @@ class DualWriter:
         it). An unarmed migration does not restrict the count."""
         if found <= known:
             return known
-        armed = [
-            self.redis.hget(self.keys.partition_state(p), f"frontier:{p}") for p in range(found)
-        ]
+        pipe = self.redis.pipeline(transaction=False)  # one round trip, any layout
+        for p in range(found):
+            pipe.hget(self.keys.partition_state(p), f"frontier:{p}")
+        armed = pipe.execute()
         if not any(armed):
             return found
         usable = max(known, 0)
