@@ -14,17 +14,13 @@ import redis
 
 from ferry.config import StreamConfig
 from ferry.core.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record
-from ferry.core.ingest import MigrationKeys, migration_keys
+from ferry.core.ingest import migration_keys
 from ferry.errors import HandoverError
+from ferry.live.group_keys import group_offsets_key  # noqa: F401 - importable from here too
 from ferry.live.idempotency import DEFAULT_TTL_S, KeyFunction, ProcessedKeys, log_duplicates
 from ferry.redis.target import connect_redis
 
 logger = logging.getLogger("ferry.live.consumer")
-
-
-def group_offsets_key(keys: MigrationKeys, group: str) -> str:
-    """Where a translated group's Kafka offsets (and consumed shadows) are kept."""
-    return f"{keys.tag}:ferry:group:{group}"
 
 
 def _consumed(entry_id: str, record: KafkaRecord, committed: dict, consumed_ids) -> bool:

@@ -34,6 +34,7 @@ from ferry.live.consumer import (  # noqa: F401 - the consumer side, importable 
     _consumed,
     group_offsets_key,
 )
+from ferry.live.group_keys import handover_record_key
 from ferry.redis.target import connect_redis
 
 logger = logging.getLogger("ferry.live.handover")
@@ -150,12 +151,6 @@ def read_consumed_shadows(config: StreamConfig, committed: dict[int, int]) -> se
         }
     finally:
         source.close()
-
-
-def handover_record_key(keys: MigrationKeys, group: str) -> str:
-    """The record of a finished hand-over (a hash with ``done``; no ``translated`` marker, so
-    it is not taken for a group's offsets)."""
-    return f"{group_offsets_key(keys, group)}:handover"
 
 
 def check_reset(reset: str) -> str:
