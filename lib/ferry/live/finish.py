@@ -11,7 +11,13 @@ from dataclasses import asdict, dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.core.ingest import MigrationKeys, migration_keys, read_state_counters
+from ferry.core.ingest import (
+    MigrationKeys,
+    armed_partitions,
+    migration_keys,
+    read_state,
+    read_state_counters,
+)
 from ferry.errors import GateFailed
 from ferry.live.phases import REDIS_PRIMARY, finish_migration, log_event, read_phase, server_ms
 from ferry.redis.target import connect_redis
@@ -50,21 +56,40 @@ def check_handed_over(
     client: redis.Redis, keys: MigrationKeys, group: str, committed: dict[int, int]
 ) -> str:
     """Why ``group`` is not handed over ('' when it is): no hand-over record, its Redis group
-    gone, or Kafka offsets committed since the hand-over (consumers still read Kafka)."""
-    from ferry.live.handover import handover_record_key
+    gone (from the stream, or in the per-partition and spread layouts from any partition's
+    stream), or Kafka offsets committed since the hand-over (consumers still read Kafka)."""
+    from ferry.live.group_keys import group_targets, handover_record_key
 
     raw = client.hgetall(handover_record_key(keys, group))
     record = {k.decode(): v.decode() for k, v in raw.items()}
     if "done" not in record:
         return "never handed over"
-    if client.exists(keys.stream) == 0 or group.encode() not in {
-        g["name"] for g in client.xinfo_groups(keys.stream)
-    }:
+    targets = group_targets(keys, group, handed_over_partitions(client, keys))
+    gone = [t.stream for t in targets if not _group_on(client, t.stream, group)]
+    if not targets or (gone and targets[0].partition is None):
         return "its Redis group was removed"
+    if gone:
+        return f"its Redis group was removed from {', '.join(gone)}"
     then = {int(p): int(o) for p, o in json.loads(record.get("committed", "{}")).items()}
     if then != committed:
         return "committed on Kafka since its hand-over"
     return ""
+
+
+def handed_over_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int]:
+    """The partitions whose streams a handed-over group reads: the armed ones (spread: their
+    ``armed:<p>`` marks; per-partition: those with a ``start:<p>``); none for merged."""
+    if keys.layout == "merged":
+        return []
+    if keys.spread:
+        return armed_partitions(client, keys)
+    return sorted(read_state(client, keys)[0])
+
+
+def _group_on(client: redis.Redis, stream: str, group: str) -> bool:
+    if client.exists(stream) == 0:
+        return False
+    return group.encode() in {g["name"] for g in client.xinfo_groups(stream)}
 
 
 def finish_gates(config: StreamConfig, quiet_window_s: float) -> list[Gate]:
