@@ -90,6 +90,40 @@ def test_one_lag_trigger_per_handed_over_group():
     assert scaled["metadata"]["namespace"] == "pay"
 
 
+def test_a_spread_group_has_a_trigger_per_partition_stream():
+    """Spread and per-partition: a handed-over group is a Redis group on each partition's
+    stream, so KEDA needs each one's lag: a trigger per stream, all with the group's name."""
+    config = parse_config({**doc(), "redis": {"url": "redis://r1/0", "layout": "spread"}}, "p")
+    text = render(config, groups=["billing", "fraud"], partitions=[2, 0, 1])
+    triggers = objects(text)[0]["spec"]["triggers"]
+    streams = ["{payments:0}:stream", "{payments:1}:stream", "{payments:2}:stream"]
+    assert [(t["metadata"]["consumerGroup"], t["metadata"]["stream"]) for t in triggers] == [
+        (group, stream) for group in ("billing", "fraud") for stream in streams
+    ]
+    assert {t["type"] for t in triggers} == {"redis-streams"}
+    assert {t["metadata"]["lagCount"] for t in triggers} == {"500"}
+    assert triggered_groups(text) == {"billing", "fraud"}
+
+    per_partition = parse_config(
+        {**doc(), "redis": {"url": "redis://r1/0", "layout": "per-partition"}}, "p"
+    )
+    triggers = objects(render(per_partition, partitions=[0, 1]))[0]["spec"]["triggers"]
+    assert [t["metadata"]["stream"] for t in triggers] == [
+        "{payments}:stream:0",
+        "{payments}:stream:1",
+    ]
+    # the merged layout reads one stream whatever partitions say
+    merged = objects(render(parse_config(doc(), "p"), partitions=[0, 1, 2]))[0]
+    assert [t["metadata"]["stream"] for t in merged["spec"]["triggers"]] == ["{payments}:stream"]
+
+
+def test_a_spread_group_without_its_partitions_is_refused():
+    config = parse_config({**doc(), "redis": {"url": "redis://r1/0", "layout": "spread"}}, "p")
+    for partitions in (None, []):
+        with pytest.raises(KedaError, match="redis.layout 'spread'.*partition"):
+            render(config, partitions=partitions)
+
+
 def test_no_group_no_scaled_object():
     with pytest.raises(KedaError, match="no consumer group"):
         render(parse_config(doc(), "p.yaml"), groups=[])
@@ -244,6 +278,12 @@ def test_rendered_objects_validate_against_the_crd_schema(crds, tmp_path):
     for config in configs:
         text = render(config, groups=["billing", "fraud"])
         assert validate_keda_objects(text, crds) == [], text
+    spread = parse_config(
+        doc(url="redis://n0:6379", cluster={"addresses": ["n0:6379"]}, layout="spread"), "p"
+    )
+    text = render(spread, groups=["billing", "fraud"], partitions=[0, 1, 2])
+    assert len(objects(text)[0]["spec"]["triggers"]) == 6
+    assert validate_keda_objects(text, crds) == [], text
 
 
 def test_the_validator_fails_a_wrong_type(crds):

@@ -1,9 +1,11 @@
 """KEDA objects for the consumers of a migrated stream, and their check against KEDA's CRDs.
 
 :func:`render_scaled_object` writes a ScaledObject with one lag trigger per consumer group
-handed over in step 05, reaching Redis the way a pod must: host:port (never a Unix socket),
-the database, TLS, Sentinel or Cluster as the stream's config says, and the ACL user and
-password through a TriggerAuthentication that references Kubernetes Secrets (never values).
+handed over in step 05 and stream it reads (the stream, or in the per-partition and spread
+layouts each partition's), reaching Redis the way a pod must: host:port (never a Unix
+socket), the database, TLS, Sentinel or Cluster as the stream's config says, and the ACL user
+and password through a TriggerAuthentication that references Kubernetes Secrets (never
+values).
 
 :func:`validate_keda_objects` checks rendered objects against the ``openAPIV3Schema`` of
 KEDA's own CustomResourceDefinitions, which :func:`fetch_keda_crds` takes from the KEDA
@@ -127,9 +129,16 @@ def render_scaled_object(
     auth_secret: str = "redis-auth",
     tls_secret: str = "redis-tls",
     address: str | None = None,
+    partitions: Sequence[int] | None = None,
 ) -> str:
-    """The ScaledObject (one lag trigger per handed-over consumer ``groups``) and, when Redis
-    needs credentials or client TLS files, the TriggerAuthentication it references.
+    """The ScaledObject (one lag trigger per handed-over consumer ``groups`` and stream) and,
+    when Redis needs credentials or client TLS files, the TriggerAuthentication it references.
+
+    In the ``merged`` layout a group reads one stream, ``redis.stream``: one trigger per
+    group. In the ``per-partition`` and ``spread`` layouts a group is a Redis consumer group
+    on each partition's stream, so each group has a trigger per stream of ``partitions`` (the
+    migration's armed partitions, :func:`stream_partitions`), all with the same consumerGroup;
+    KEDA scales by the largest.
 
     Secrets: ``auth_secret`` holds the keys ``username``, ``password`` (and
     ``sentinel-password`` when the Sentinels have one); ``tls_secret`` holds ``ca.crt``,
@@ -138,6 +147,19 @@ def render_scaled_object(
         raise KedaError(
             "no consumer group was handed over (step 05): a lag trigger needs the Redis "
             "consumer group the deployment reads with"
+        )
+    from ferry.core.ingest import migration_keys
+
+    keys = migration_keys(config)
+    if keys.layout == "merged":
+        streams = [keys.stream]
+    elif partitions:
+        streams = keys.streams(sorted(partitions))
+    else:
+        raise KedaError(
+            f"{config.name!r} has redis.layout {keys.layout!r}: a handed-over group reads every "
+            "partition's stream, so the partitions are needed for its triggers (partitions=; "
+            "stream_partitions(client, config) reads the armed ones)"
         )
     _check_name(namespace, "keda_namespace", _DNS_LABEL, "namespace")
     _check_name(deployment, "keda_deployment", _DNS_SUBDOMAIN, "Deployment name")
@@ -184,18 +206,19 @@ def render_scaled_object(
     auth_name = f"{name}-redis-auth"
     triggers = []
     for group in groups:
-        trigger: dict = {
-            "type": scaler,
-            "metadata": {
-                **connection,
-                "stream": redis_settings.stream,
-                "consumerGroup": group,
-                "lagCount": str(lag_count),
-            },
-        }
-        if refs:
-            trigger["authenticationRef"] = {"name": auth_name}
-        triggers.append(trigger)
+        for stream in streams:
+            trigger: dict = {
+                "type": scaler,
+                "metadata": {
+                    **connection,
+                    "stream": stream,
+                    "consumerGroup": group,
+                    "lagCount": str(lag_count),
+                },
+            }
+            if refs:
+                trigger["authenticationRef"] = {"name": auth_name}
+            triggers.append(trigger)
     scaled = {
         "apiVersion": API_VERSION,
         "kind": "ScaledObject",
@@ -235,19 +258,42 @@ def triggered_groups(yaml_text: str) -> set[str]:
 
 
 def handed_over_groups(client, config: StreamConfig) -> list[str]:
-    """The consumer groups step 05 handed over to Redis, sorted: those ``translate_group``
-    recorded as ``{tag}:ferry:group:GROUP`` (a hash with the ``translated`` marker; the
-    ``:shadows`` set and ``:failures`` hash kept beside a group carry no marker)."""
+    """The consumer groups step 05 handed over to Redis, sorted: those whose hand-over record
+    (``{tag}:ferry:group:GROUP:handover``) says ``done``, in any layout (the record is written
+    last, once the group exists on every stream it reads)."""
     from ferry.core.ingest import migration_keys
-    from ferry.live.handover import group_offsets_key
+    from ferry.live.group_keys import recorded_groups
 
-    prefix = group_offsets_key(migration_keys(config), "")
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
-    groups = []
-    for key in client.scan_iter(match=pattern, count=1000, _type="hash"):
-        if client.hexists(key, "translated"):
-            groups.append((key.decode() if isinstance(key, bytes) else key)[len(prefix) :])
-    return sorted(groups)
+    return recorded_groups(client, migration_keys(config))
+
+
+def stream_partitions(client, config: StreamConfig) -> list[int] | None:
+    """The partitions whose streams a handed-over group reads (``render_scaled_object``'s
+    ``partitions``): None in the merged layout (one stream), else the armed partitions."""
+    from ferry.core.ingest import migration_keys
+    from ferry.live.finish import handed_over_partitions
+
+    if config.redis.layout == "merged":
+        return None
+    return handed_over_partitions(client, migration_keys(config))
+
+
+def groups_on_streams(client, config: StreamConfig, partitions: Sequence[int] | None) -> set[str]:
+    """The consumer groups that exist on every stream a handed-over group reads (the stream,
+    or each of ``partitions``' streams); a stream that does not exist has none."""
+    from ferry.core.ingest import migration_keys
+
+    keys = migration_keys(config)
+    streams = [keys.stream] if keys.layout == "merged" else keys.streams(sorted(partitions or []))
+    found: set[str] | None = None
+    for stream in streams:
+        here = (
+            {g["name"].decode() for g in client.xinfo_groups(stream)}
+            if client.exists(stream)
+            else set()
+        )
+        found = here if found is None else found & here
+    return found or set()
 
 
 # ---- KEDA's CRDs
