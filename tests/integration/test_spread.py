@@ -20,9 +20,7 @@ from ferry.core.ingest import (
 from ferry.core.mirror import backfill
 from ferry.core.reconcile import reconcile
 from ferry.core.validate import validate_stream
-from ferry.errors import HandoverError
 from ferry.live.cutover import run_cutover
-from ferry.live.handover import translate_group
 from ferry.live.phases import (
     DRAINING,
     DUAL_WRITE,
@@ -223,17 +221,3 @@ def test_a_switch_refused_for_its_lease_puts_the_copies_back(make_spread, target
     assert _check_copies(client, keys, 3).phase == DRAINING
     assert expire_draining(client, keys, "test").phase == DUAL_WRITE
     _check_copies(client, keys, 3)
-
-
-def test_translate_group_refuses_the_spread_layout_by_name(make_spread, target):
-    """The hand-over of a spread migration is not built: one line naming the group, the
-    stream and its layout, and nothing created."""
-    client, _, _ = target
-    stream = make_spread(list(payment_events(20, 2)), 2, layout="spread")
-    keys = migration_keys(stream.config)
-    backfill(stream.config, progress=False)
-    with pytest.raises(HandoverError, match="redis.layout 'spread'") as refused:
-        translate_group(stream.config, "billing", committed={0: 3, 1: 4})
-    assert "'billing'" in str(refused.value) and "\n" not in str(refused.value)
-    for p in range(2):
-        assert client.xinfo_groups(keys.stream_for(p)) == []

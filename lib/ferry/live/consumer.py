@@ -5,6 +5,7 @@ processed in the same MULTI as the XACK."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -16,7 +17,13 @@ from ferry.config import StreamConfig
 from ferry.core.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record
 from ferry.core.ingest import migration_keys
 from ferry.errors import HandoverError
-from ferry.live.group_keys import group_offsets_key  # noqa: F401 - importable from here too
+from ferry.live.group_keys import (  # noqa: F401 - group_offsets_key importable from here too
+    GroupTarget,
+    dead_letter_key,
+    group_offsets_key,
+    group_targets,
+    handover_record_key,
+)
 from ferry.live.idempotency import DEFAULT_TTL_S, KeyFunction, ProcessedKeys, log_duplicates
 from ferry.redis.target import connect_redis
 
@@ -34,6 +41,7 @@ class Delivery:
     entry_id: str
     record: KafkaRecord
     processed_key: bytes | None = None  # its idempotency record (idempotent consumers only)
+    stream: str = ""  # the Redis stream it came from (IDs are unique per stream only)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,11 @@ class StreamConsumer:
     the key and the XACK in one MULTI (exactly once); ``ack`` records the keys with the XACK,
     after an effect outside Redis (at least once, with the window narrowed to a crash
     between the effect and the ack).
+
+    In the per-partition and spread layouts the group is one Redis group per partition
+    stream: a poll reads them in turn, and everything written with an entry's XACK (failure
+    count, dead letter, idempotency key) sits beside its stream, in its slot. The handler's
+    own writes must then share the partition's slot on a cluster (``keys.partition_tag(p)``).
     """
 
     def __init__(
@@ -86,30 +99,55 @@ class StreamConsumer:
     ) -> None:
         self.client = connect_redis(config)
         self.keys = migration_keys(config)
-        self.stream = self.keys.stream
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{id(self):x}"
         self.batch, self.block_ms = batch, block_ms
         self.claim_idle_ms, self.max_failures = claim_idle_ms, max_failures
-        self.failures_key = f"{group_offsets_key(self.keys, group)}:failures"
-        self.dead_letter = f"{self.keys.tag}:ferry:dead:{group}"
-        raw = self.client.hgetall(group_offsets_key(self.keys, group))
-        if not raw:
-            raise HandoverError(
-                f"group {group!r} was not translated: run 'ferry translate-group' first"
-            )
-        self.committed = {int(k): int(v) for k, v in raw.items() if k != b"translated"}
-        self.consumed_ids = frozenset(
-            m.decode()
-            for m in self.client.smembers(f"{group_offsets_key(self.keys, group)}:shadows")
-        )
+        self.targets = self._translated_targets()
+        self.by_stream = {t.stream: t for t in self.targets}
+        self.stream = self.targets[0].stream  # the merged layout's one stream
+        self.failures_key = self.targets[0].failures
+        self.dead_letter = dead_letter_key(self.keys, group, self.targets[0])
+        self.committed: dict[int, int] = {}
+        self.consumed: dict[str, frozenset[str]] = {}
+        for t in self.targets:
+            raw = self.client.hgetall(t.offsets)
+            self.committed.update({int(k): int(v) for k, v in raw.items() if k != b"translated"})
+            self.consumed[t.stream] = frozenset(m.decode() for m in self.client.smembers(t.shadows))
         self.skipped = 0
         self.duplicates = 0
-        self.processed: ProcessedKeys | None = None
+        self._turn = 0  # the stream a multi-stream poll starts from
+        self.processed_by_stream: dict[str, ProcessedKeys] = {}
         if idempotent or idempotency_key is not None:
-            self.processed = ProcessedKeys(
-                self.client, self.keys.tag, group, idempotency_key, idempotency_ttl_s
-            )
+            self.processed_by_stream = {
+                t.stream: ProcessedKeys(
+                    self.client, self._tag(t), group, idempotency_key, idempotency_ttl_s
+                )
+                for t in self.targets
+            }
+        # the merged layout's one record of processed keys (None: not idempotent)
+        self.processed = self.processed_by_stream.get(self.stream)
+
+    def _translated_targets(self) -> list[GroupTarget]:
+        """The streams of the group (HGETALL only: the consumer role's commands)."""
+        missing = HandoverError(
+            f"group {self.group!r} was not translated: run 'ferry translate-group' first"
+        )
+        if self.keys.layout == "merged":
+            targets = group_targets(self.keys, self.group, [])
+            if not self.client.hgetall(targets[0].offsets):
+                raise missing
+            return targets
+        record = self.client.hgetall(handover_record_key(self.keys, self.group))
+        if b"done" not in record:
+            raise missing
+        partitions = [int(p) for p in json.loads(record.get(b"starts") or "{}")]  # translated
+        return group_targets(self.keys, self.group, partitions)
+
+    def _tag(self, target: GroupTarget) -> str:
+        return (
+            self.keys.tag if target.partition is None else self.keys.partition_tag(target.partition)
+        )
 
     def poll(self) -> list[Delivery]:
         """The next entries to process: stale pending ones first, then new ones. Empty only
@@ -120,61 +158,113 @@ class StreamConsumer:
                 return deliveries
 
     def _read_once(self) -> tuple[list, list[Delivery]]:
+        """One pass over the streams: claims and new entries, up to ``batch``. With several
+        streams, each is read without blocking, and only a pass that found nothing blocks:
+        on all of them in one call where they share a slot or the server is standalone,
+        else on one stream at a time (in turn, a slice of ``block_ms`` each)."""
+        got: list[tuple[GroupTarget, list]] = []
+        room = self.batch
+        n = len(self.targets)
+        for i in range(n):
+            target = self.targets[(self._turn + i) % n]
+            found = self._read_stream(target, room, block=None if n > 1 else self.block_ms)
+            if found:
+                got.append((target, found))
+                room -= len(found)
+            if room <= 0:
+                break
+        self._turn = (self._turn + 1) % n
+        if not got and n > 1:
+            got = self._block_for_any()
+        entries, deliveries = [], []
+        for target, found in got:
+            entries += found
+            deliveries += self._deliveries(target, found)
+        return entries, deliveries
+
+    def _read_stream(self, target: GroupTarget, count: int, block: int | None) -> list:
         claimed = self.client.xautoclaim(
-            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+            target.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
         )
         entries = list(claimed[1]) if claimed else []
-        if len(entries) < self.batch:
+        if len(entries) < count:
             got = self.client.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.stream: ">"},
-                count=self.batch - len(entries),
-                block=self.block_ms,
-            )
+                self.group, self.consumer, {target.stream: ">"},
+                count=count - len(entries), block=block,
+            )  # fmt: skip
             for _, items in got or []:
                 entries += items
+        return entries
+
+    def _block_for_any(self) -> list[tuple[GroupTarget, list]]:
+        from redis.cluster import RedisCluster
+
+        if (
+            not isinstance(self.client, RedisCluster)
+            or len({self._tag(t) for t in self.targets}) == 1
+        ):
+            got = self.client.xreadgroup(
+                self.group, self.consumer, {t.stream: ">" for t in self.targets},
+                count=self.batch, block=self.block_ms,
+            )  # fmt: skip
+            return [(self.by_stream[_text(s)], items) for s, items in got or [] if items]
+        target = self.targets[self._turn]
+        found = self._read_stream(target, self.batch, max(1, self.block_ms // len(self.targets)))
+        return [(target, found)] if found else []
+
+    def _deliveries(self, target: GroupTarget, entries: list) -> list[Delivery]:
         deliveries, skip = [], []
+        consumed = self.consumed[target.stream]
         for entry_id, fields in entries:
             if fields is None:  # deleted while pending
                 skip.append(entry_id)
                 continue
             record = entry_to_record(fields)
-            if _consumed(entry_id.decode(), record, self.committed, self.consumed_ids):
+            if _consumed(entry_id.decode(), record, self.committed, consumed):
                 skip.append(entry_id)  # the Kafka group already consumed it
             else:
-                deliveries.append(Delivery(entry_id.decode(), record))
+                deliveries.append(Delivery(entry_id.decode(), record, None, target.stream))
         if skip:
-            self.client.xack(self.stream, self.group, *skip)
+            self.client.xack(target.stream, self.group, *skip)
             self.skipped += len(skip)
-        if self.processed is not None and deliveries:
-            deliveries = self._drop_processed(deliveries)
-        return entries, deliveries
+        if self.processed_by_stream and deliveries:
+            deliveries = self._drop_processed(target, deliveries)
+        return deliveries
 
-    def _drop_processed(self, deliveries: list[Delivery]) -> list[Delivery]:
+    def _target(self, delivery: Delivery) -> GroupTarget:
+        return self.by_stream[delivery.stream or self.stream]
+
+    def _drop_processed(self, target: GroupTarget, deliveries: list[Delivery]) -> list[Delivery]:
         """Key each delivery; acknowledge those already processed (a key function that
         raises counts as a failure of that entry)."""
+        processed = self.processed_by_stream[target.stream]
+        scope = "" if target.partition is None else f"{target.partition}:"
         keyed = []
         for d in deliveries:
             try:
-                keyed.append(
-                    Delivery(d.entry_id, d.record, self.processed.name_of(d.entry_id, d.record))
-                )
+                name = processed.name_of(scope + d.entry_id, d.record)
+                keyed.append(Delivery(d.entry_id, d.record, name, d.stream))
             except Exception as exc:  # noqa: BLE001 - the user's key function
                 self.fail(d, f"idempotency key: {type(exc).__name__}: {exc}")
-        seen = self.processed.recorded([d.processed_key for d in keyed])
+        seen = processed.recorded([d.processed_key for d in keyed])
         self._ack_duplicates([d for d, s in zip(keyed, seen, strict=True) if s])
         return [d for d, s in zip(keyed, seen, strict=True) if not s]
 
     def _ack_duplicates(self, duplicates: list[Delivery]) -> None:
-        if duplicates:
-            ids = [d.entry_id for d in duplicates]
+        for target, group in self._by_target(duplicates):
+            ids = [d.entry_id for d in group]
             pipe = self.client.pipeline(transaction=True)
-            pipe.xack(self.stream, self.group, *ids)
-            pipe.hdel(self.failures_key, *ids)
+            pipe.xack(target.stream, self.group, *ids)
+            pipe.hdel(target.failures, *ids)
             pipe.execute()
-            self.duplicates += len(duplicates)
-            log_duplicates(self.group, [(d.entry_id, d.processed_key) for d in duplicates])
+            self.duplicates += len(group)
+            log_duplicates(self.group, [(d.entry_id, d.processed_key) for d in group])
+
+    def _by_target(self, deliveries: Sequence[Delivery]) -> list[tuple[GroupTarget, list]]:
+        out: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            out.setdefault(d.stream or self.stream, []).append(d)
+        return [(self.by_stream[s], group) for s, group in out.items()]
 
     def process(self, handler: Handler, deliveries: Sequence[Delivery] | None = None) -> Processed:
         """Run ``handler(delivery, tx)`` on each delivery (``poll()``'s when none are given) and
@@ -192,7 +282,7 @@ class StreamConsumer:
         return Processed(duplicates=self.duplicates - before, **counts)
 
     def _process_one(self, handler: Handler, delivery: Delivery) -> str:
-        name = delivery.processed_key
+        name, target = delivery.processed_key, self._target(delivery)
         with self.client.pipeline(transaction=True) as tx:
             if name is not None:
                 tx.watch(name)
@@ -209,9 +299,9 @@ class StreamConsumer:
                 reason = f"{type(exc).__name__}: {exc}"
                 return "dead_lettered" if self.fail(delivery, reason) else "failed"
             if name is not None:
-                self.processed.record(tx, name, delivery.entry_id)
-            tx.xack(self.stream, self.group, delivery.entry_id)
-            tx.hdel(self.failures_key, delivery.entry_id)
+                self.processed_by_stream[target.stream].record(tx, name, delivery.entry_id)
+            tx.xack(target.stream, self.group, delivery.entry_id)
+            tx.hdel(target.failures, delivery.entry_id)
             try:
                 tx.execute()
             except redis.WatchError:  # another consumer recorded the key after our check
@@ -222,41 +312,47 @@ class StreamConsumer:
     def ack(self, *deliveries: Delivery) -> None:
         """Acknowledge processed entries; an idempotent consumer records their keys in the
         same MULTI as the XACK."""
-        if not deliveries:
-            return
-        ids = [d.entry_id for d in deliveries]
-        keyed = [d for d in deliveries if d.processed_key is not None]
-        if self.processed is None or not keyed:
-            self.client.xack(self.stream, self.group, *ids)
-            self.client.hdel(self.failures_key, *ids)
-            return
-        pipe = self.client.pipeline(transaction=True)
-        for d in keyed:
-            self.processed.record(pipe, d.processed_key, d.entry_id)
-        pipe.xack(self.stream, self.group, *ids)
-        pipe.hdel(self.failures_key, *ids)
-        pipe.execute()
+        for target, group in self._by_target(deliveries):
+            ids = [d.entry_id for d in group]
+            keyed = [d for d in group if d.processed_key is not None]
+            pipe = self.client.pipeline(transaction=bool(keyed and self.processed_by_stream))
+            for d in keyed if self.processed_by_stream else ():
+                self.processed_by_stream[target.stream].record(pipe, d.processed_key, d.entry_id)
+            pipe.xack(target.stream, self.group, *ids)
+            pipe.hdel(target.failures, *ids)
+            pipe.execute()
 
     def fail(self, delivery: Delivery, reason: str = "") -> bool:
         """Leave the entry pending for a retry; after ``max_failures`` move it to the
         dead-letter stream and acknowledge it. True when it was dead-lettered."""
-        failures = self.client.hincrby(self.failures_key, delivery.entry_id, 1)
+        target = self._target(delivery)
+        failures = self.client.hincrby(target.failures, delivery.entry_id, 1)
         if failures < self.max_failures:
             return False
-        fields = self.client.xrange(self.stream, delivery.entry_id, delivery.entry_id)[0][1]
+        fields = self.client.xrange(target.stream, delivery.entry_id, delivery.entry_id)[0][1]
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(
-            self.dead_letter,
+            dead_letter_key(self.keys, self.group, target),
             {**fields, b"source_id": delivery.entry_id, b"failures": failures, b"reason": reason},
         )
-        pipe.xack(self.stream, self.group, delivery.entry_id)
-        pipe.hdel(self.failures_key, delivery.entry_id)
+        pipe.xack(target.stream, self.group, delivery.entry_id)
+        pipe.hdel(target.failures, delivery.entry_id)
         pipe.execute()
         return True
 
     def lag(self) -> int:
-        """Entries not yet delivered to the group (Redis's own count, right thanks to ENTRIESREAD)."""
-        for info in self.client.xinfo_groups(self.stream):
-            if info["name"].decode() == self.group:
-                return int(info.get("lag") or 0)
-        raise HandoverError(f"no group {self.group!r} on {self.stream}")
+        """Entries not yet delivered to the group (Redis's own count, right thanks to
+        ENTRIESREAD), over its streams."""
+        total = 0
+        for target in self.targets:
+            info = [
+                i for i in self.client.xinfo_groups(target.stream) if _text(i["name"]) == self.group
+            ]
+            if not info:
+                raise HandoverError(f"no group {self.group!r} on {target.stream}")
+            total += int(info[0].get("lag") or 0)
+        return total
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -61,6 +61,8 @@ class Translation:
     # read); scan_reason says why the seek could not be used
     method: str = "scan"
     scan_reason: str = ""
+    # per-partition and spread layouts: each partition stream's start ID (start_id is "")
+    starts: dict[int, str] = field(default_factory=dict)
 
 
 def _coordinator_busy(exc: BaseException) -> bool:
@@ -135,22 +137,40 @@ def plan_translation(
 def read_consumed_shadows(config: StreamConfig, committed: dict[int, int]) -> set[str]:
     """The entries (written to Redis first) whose Kafka shadows the group has consumed: the
     shadows between the cutover and the group's committed offsets, read from Kafka."""
+    by_partition = read_consumed_shadows_by_partition(config, committed)
+    return set().union(*by_partition.values())
+
+
+def read_consumed_shadows_by_partition(
+    config: StreamConfig, committed: dict[int, int]
+) -> dict[int, set[str]]:
+    """:func:`read_consumed_shadows` per partition (a shadow in Kafka partition p names an
+    entry of partition p's stream: IDs are unique per stream only)."""
     client = connect_redis(config)
     keys = migration_keys(config)
     raw = client.hgetall(keys.state)
     since = {int(k[13:]): int(v) for k, v in raw.items() if k.startswith(b"primary_from:")}
     ranges = {p: (since[p], committed[p] - 1) for p in committed if p in since}
     if not any(last >= first for first, last in ranges.values()):
-        return set()
+        return {}
     source = open_source(config)
+    out: dict[int, set[str]] = {}
     try:
-        return {
-            entry_id.decode()
-            for record in read_kafka_range(source, ranges)
-            if (entry_id := shadow_of(record)) is not None
-        }
+        for record in read_kafka_range(source, ranges):
+            if (entry_id := shadow_of(record)) is not None:
+                out.setdefault(record.partition, set()).add(entry_id.decode())
     finally:
         source.close()
+    return out
+
+
+def check_mirror_caught_up(group: str, committed: dict[int, int], positions: dict[int, int]):
+    for p, offset in committed.items():
+        if offset > positions.get(p, 0):
+            raise HandoverError(
+                f"group {group!r} has consumed partition {p} up to offset {offset - 1} but the "
+                f"stream only holds up to {positions.get(p, 0) - 1}: let the mirror catch up first"
+            )
 
 
 def check_reset(reset: str) -> str:
@@ -234,8 +254,15 @@ def _stored_translation(client: redis.Redis, keys: MigrationKeys, group: str):
     }
     if "done" not in record:
         return None
-    if group.encode() not in {g["name"] for g in client.xinfo_groups(keys.stream)}:
-        return None  # the group was removed since: hand it over again
+    streams = [keys.stream]
+    if keys.layout != "merged":
+        starts = json.loads(record.get("starts", "{}"))
+        streams = [keys.stream_for(int(p)) for p in starts]
+    for stream in streams:
+        if not client.exists(stream) or group.encode() not in {
+            g["name"] for g in client.xinfo_groups(stream)
+        }:
+            return None  # the group was removed since: hand it over again
 
     def ints(text: str) -> dict[int, int]:
         return {int(p): o for p, o in json.loads(text).items()}
@@ -252,6 +279,7 @@ def _stored_translation(client: redis.Redis, keys: MigrationKeys, group: str):
         {int(p): tuple(g) for p, g in json.loads(record["gaps"]).items()},
         record.get("method", "scan"),
         record.get("scan_reason", ""),
+        {int(p): i for p, i in json.loads(record.get("starts", "{}")).items()},
     )
 
 
@@ -287,13 +315,14 @@ def scan_plan(
     consumed: set[str],
     latest: set[int],
     last_id: tuple[int, int],
+    stream: str | None = None,
 ) -> tuple[str, int, int]:
-    """:func:`plan_translation` over every entry of the stream, read in order. Entries
-    written Redis-first into a ``latest`` partition up to ``last_id`` are added to
-    ``consumed`` (the caller stores them with the group)."""
+    """:func:`plan_translation` over every entry of the stream (``stream``, else the merged
+    one), read in order. Entries written Redis-first into a ``latest`` partition up to
+    ``last_id`` are added to ``consumed`` (the caller stores them with the group)."""
 
     def entries():
-        for raw_id, fields in scan_stream(client, keys.stream):
+        for raw_id, fields in scan_stream(client, stream or keys.stream):
             entry_id, record = raw_id.decode(), entry_to_record(fields)
             if (
                 record.offset == REDIS_ORIGIN
@@ -563,21 +592,16 @@ def translate_group(
     reset: str = "latest",
     accept_gap: bool = False,
 ) -> Translation:
-    """Create the Redis consumer group for a Kafka group (merged layout) and store the
-    translated offsets beside it, in one script: atomic, and safe to rerun after a crash at
-    any point (a finished hand-over is returned as it was).
+    """Create the Redis consumer group for a Kafka group and store the translated offsets
+    beside it, in one script: atomic, and safe to rerun after a crash at any point (a
+    finished hand-over is returned as it was). Per-partition and spread layouts get a group
+    on each partition's stream (``ferry.live.handover_partitions``).
 
     Kafka's rules: a partition the group never committed follows ``reset`` (``latest``, Kafka's
     default: nothing of it already in the stream is delivered; ``earliest``: from its start);
     a committed offset below the migration's start is refused (:class:`GroupGapError`) unless
     ``accept_gap``, which records the gap in the events stream. Also refused: a mirror behind
     the group, and (offsets read from Kafka) a group with no committed offset on the topic."""
-    if config.redis.layout != "merged":
-        raise HandoverError(
-            f"group {group!r}: translate-group handles the merged layout only, and "
-            f"{config.name!r} has redis.layout {config.redis.layout!r} (a Redis group per "
-            "partition stream is not built yet); keep the group on Kafka for now"
-        )
     check_reset(reset)
     if committed is None:
         committed = read_committed_offsets(config, group)
@@ -591,13 +615,12 @@ def translate_group(
     done = _stored_translation(client, keys, group)
     if done is not None:
         return _unchanged_since(done, committed, reset)
+    if keys.layout != "merged":
+        from ferry.live.handover_partitions import translate_partitions
+
+        return translate_partitions(config, client, keys, group, committed, reset, accept_gap)
     starts, positions, last_id = _state_now(client, keys)
-    for p, offset in committed.items():
-        if offset > positions.get(p, 0):
-            raise HandoverError(
-                f"group {group!r} has consumed partition {p} up to offset {offset - 1} but the stream only "
-                f"holds up to {positions.get(p, 0) - 1}: let the mirror catch up first"
-            )
+    check_mirror_caught_up(group, committed, positions)
     offsets, reset_offsets, gaps = resolve_offsets(
         group, committed, starts, positions, reset, accept_gap
     )
@@ -655,18 +678,23 @@ def translate_group(
             args=[group, start_id, entries_read, json.dumps(spec)],
         )
     except redis.ResponseError as exc:
-        if "FERRY_TOUCHED" not in str(exc):
-            raise
-        found = str(exc).split("FERRY_TOUCHED", 1)[1].strip()
-        raise HandoverError(
-            f"Redis group {group!r} on {keys.stream} was left by an interrupted hand-over and "
-            f"has been read since ({found}): ferry will not move it. Check what its consumers "
-            f"processed, remove it (XGROUP DESTROY {keys.stream} {group}) and run "
-            "translate-group again"
-        ) from exc
+        raise touched_error(exc, group, keys.stream) from exc
     if outcome in (b"done", "done"):  # another run finished it first
         return _unchanged_since(_stored_translation(client, keys, group), committed, reset)
     return translation
+
+
+def touched_error(exc: redis.ResponseError, group: str, stream: str) -> Exception:
+    """translate.lua's refusal of a half-made group that was read, as a HandoverError (any
+    other error is given back unchanged)."""
+    if "FERRY_TOUCHED" not in str(exc):
+        return exc
+    found = str(exc).split("FERRY_TOUCHED", 1)[1].strip()
+    return HandoverError(
+        f"Redis group {group!r} on {stream} was left by an interrupted hand-over and has been "
+        f"read since ({found}): ferry will not move it. Check what its consumers processed, "
+        f"remove it (XGROUP DESTROY {stream} {group}) and run translate-group again"
+    )
 
 
 def handover_key(keys: MigrationKeys, group: str) -> str:

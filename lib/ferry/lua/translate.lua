@@ -7,7 +7,9 @@
 --     shadows not all stored) that nobody has read: set to the planned start and completed.
 --   * such a group that a consumer already read: refused (FERRY_TOUCHED), nothing changes.
 -- KEYS[1] stream, KEYS[2] offsets hash, KEYS[3] shadows set, KEYS[4] hand-over record (hash),
--- KEYS[5] events stream
+-- KEYS[5] events stream. Per-partition and spread layouts call it once per partition stream,
+-- without KEYS[5] (the events stream is in the migration's slot; the caller records the
+-- hand-over there once every partition's group exists).
 -- ARGV[1] group, ARGV[2] start ID, ARGV[3] ENTRIESREAD, ARGV[4] JSON:
 --   {offsets = {p = offset}, shadows = [id], record = {field = value}, gaps = [[p, committed, start]],
 --    actor = "..."}
@@ -60,7 +62,7 @@ local shadows = spec['shadows']
 for i = 1, #shadows, 1000 do
   redis.call('SADD', KEYS[3], unpack(shadows, i, math.min(i + 999, #shadows)))
 end
-for _, gap in ipairs(spec['gaps']) do
+for _, gap in ipairs(KEYS[5] and spec['gaps'] or {}) do
   redis.call('XADD', KEYS[5], '*', 'type', 'handover-gap', 'group', group,
     'partition', gap[1], 'committed', gap[2], 'start', gap[3], 'lost', gap[3] - gap[2],
     'actor', spec['actor'])
@@ -71,6 +73,8 @@ for field, value in pairs(spec['record']) do
   record[#record + 1] = value
 end
 redis.call('HSET', KEYS[4], unpack(record))
-redis.call('XADD', KEYS[5], '*', 'type', 'handover', 'group', group, 'start_id', ARGV[2],
-  'entries_read', ARGV[3], 'outcome', outcome, 'actor', spec['actor'])
+if KEYS[5] then
+  redis.call('XADD', KEYS[5], '*', 'type', 'handover', 'group', group, 'start_id', ARGV[2],
+    'entries_read', ARGV[3], 'outcome', outcome, 'actor', spec['actor'])
+end
 return {outcome}
