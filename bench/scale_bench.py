@@ -9,7 +9,10 @@ is its own:
   that commit's code (checked out in a temporary git worktree) into stream ``scale-base``;
 - validation of ``scale`` (entries/s, peak RSS), today's and the baseline's, alternating;
 - the hand-over of a group committed half-way through every partition (seconds, Redis calls,
-  peak RSS, and which method today's code used), today's and the baseline's.
+  peak RSS, and which method today's code used), today's and the baseline's. With
+  ``--layout spread`` (or ``per-partition``; no baseline) the hand-over makes a group per
+  partition stream; it is measured as today's code runs it (a seek per partition) and again
+  with the seek switched off (a scan of every partition stream), side by side.
 
 Peak RSS is getrusage's ru_maxrss minus the RSS the child had after its imports, plus the
 peak of its own child process if it started one (validation reads the stream in one). Redis calls
@@ -80,13 +83,13 @@ def current_rss_mb() -> float:
     return 0.0
 
 
-def bench_config(name: str = "scale", batch_size: int | None = None):
+def bench_config(name: str = "scale", batch_size: int | None = None, layout: str = "merged"):
     from ferry.config import parse_config
 
     doc = {
         "name": name,
         "kafka": {"bootstrap_servers": "embedded", "topic": "scale"},
-        "redis": {"url": "embedded"},
+        "redis": {"url": "embedded", "layout": layout},
     }
     if batch_size is not None:
         doc["batch_size"] = batch_size
@@ -102,7 +105,9 @@ def child(spec: dict) -> None:
     import ferry.validate as validate
 
     assert Path(validate.__file__).is_relative_to(spec["lib"]), validate.__file__
-    config = bench_config(spec.get("name", "scale"), spec.get("batch_size"))
+    config = bench_config(
+        spec.get("name", "scale"), spec.get("batch_size"), spec.get("layout", "merged")
+    )
     base = current_rss_mb()
     started = time.perf_counter()
     if spec["kind"] == "validate":
@@ -120,6 +125,10 @@ def child(spec: dict) -> None:
         detail = {"summary": str(summary)[:200]}
     else:
         committed = {int(p): o for p, o in spec["committed"].items()}
+        if spec.get("force_scan"):
+            from ferry.live import handover_partitions
+
+            handover_partitions.seek_partition = lambda *_: "switched off by the benchmark"
         t = handover.translate_group(config, spec["group"], committed)
         detail = {
             "start_id": t.start_id,
@@ -197,10 +206,19 @@ def main() -> None:
         help="the group committed this many records behind the end of every partition "
         "(default: half-way through every partition)",
     )
+    parser.add_argument(
+        "--layout",
+        default="merged",
+        choices=["merged", "per-partition", "spread"],
+        help="the Redis layout of today's stream (not merged: no baseline; the hand-over is "
+        "measured with its seek and with the seek switched off)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
+    if args.layout != "merged" and args.baseline:
+        parser.error("--baseline compares the merged layout only")
 
     sys.path.insert(0, str(ROOT / "lib"))
     import redis
@@ -223,6 +241,7 @@ def main() -> None:
         "redis": services.redis_kind,
         "baseline": args.baseline,
         "batch_size": args.batch_size,
+        "layout": args.layout,
         "new": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", args.new],
             capture_output=True,
@@ -248,6 +267,7 @@ def main() -> None:
                     lib=libs[which],
                     name=names[which],
                     batch_size=args.batch_size,
+                    layout=args.layout,
                 )
                 samples.setdefault(f"backfill_{which}", []).append(r)
                 print(
@@ -257,7 +277,7 @@ def main() -> None:
             client.delete(key)  # only `scale` is validated and handed over
         from ferry.core.ingest import migration_keys, read_state
 
-        _, frontiers = read_state(client, migration_keys(bench_config()))
+        _, frontiers = read_state(client, migration_keys(bench_config(layout=args.layout)))
         if args.handover_behind is None:
             committed = {p: (f + 1) // 2 for p, f in frontiers.items()}
         else:
@@ -272,21 +292,32 @@ def main() -> None:
                 if args.skip_validate:
                     clients = []
                 for kafka_client in clients:
-                    r = measure(client, kind="validate", lib=libs[which], client=kafka_client)
+                    r = measure(
+                        client,
+                        kind="validate",
+                        lib=libs[which],
+                        client=kafka_client,
+                        layout=args.layout,
+                    )
                     label = f"validate_{which}" + (
                         "" if kafka_client == "default" else "_confluent"
                     )
                     samples.setdefault(label, []).append(r)
                     print(f"{label}: {r}")
-                r = measure(
-                    client,
-                    kind="handover",
-                    lib=libs[which],
-                    group=f"g-{which}-{run}",
-                    committed=committed,
-                )
-                samples.setdefault(f"handover_{which}", []).append(r)
-                print(f"handover {which}: {r}")
+                scans = [False, True] if args.layout != "merged" else [False]
+                for force_scan in scans if run % 2 == 0 else scans[::-1]:
+                    r = measure(
+                        client,
+                        kind="handover",
+                        lib=libs[which],
+                        group=f"g-{which}-{run}-{int(force_scan)}",
+                        committed=committed,
+                        layout=args.layout,
+                        force_scan=force_scan,
+                    )
+                    label = f"handover_{which}" + ("_scan" if force_scan else "")
+                    samples.setdefault(label, []).append(r)
+                    print(f"{label}: {r}")
         results["samples"] = samples
         report(results, samples, args.records)
     finally:
@@ -307,7 +338,9 @@ def report(results: dict, samples: dict, records: int) -> None:
         return statistics.median(r[field] for r in samples[name])
 
     summary: dict = {}
-    print(f"\n{records:,} entries, {PARTITIONS} partitions, {results['broker']}")
+    print(
+        f"\n{records:,} entries, {PARTITIONS} partitions, {results['broker']}, {results['layout']}"
+    )
     print(f"{'':24}{'runs':>5}{'seconds':>10}{'per s':>12}{'peak RSS MB':>13}{'Redis calls':>13}")
     for name in (
         "backfill_new",
@@ -316,6 +349,7 @@ def report(results: dict, samples: dict, records: int) -> None:
         "validate_new_confluent",
         "validate_baseline",
         "handover_new",
+        "handover_new_scan",
         "handover_baseline",
     ):
         if name not in samples:
@@ -339,6 +373,10 @@ def report(results: dict, samples: dict, records: int) -> None:
             ratio = summary[name]["per_s"] / summary["backfill_new"]["per_s"]
             summary[f"{name}_vs_backfill"] = round(ratio, 2)
             print(f"{name} / backfill_new rate: {ratio:.2f}")
+    if "handover_new" in summary and "handover_new_scan" in summary:
+        ratio = summary["handover_new_scan"]["seconds"] / summary["handover_new"]["seconds"]
+        summary["handover_seek_speedup"] = round(ratio, 1)
+        print(f"hand-over: the seek per partition is {ratio:.1f}x faster than scanning")
     for kind in ("backfill", "validate", "handover"):
         new, old = summary.get(f"{kind}_new"), summary.get(f"{kind}_baseline")
         if new and old:
