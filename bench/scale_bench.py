@@ -174,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--backfill-runs", type=int, help="backfills (default: --runs)")
     parser.add_argument("--value-bytes", type=int, default=VALUE_BYTES)
     parser.add_argument("--kafka", default="apache:3.7")
     parser.add_argument("--baseline", help="a commit whose code runs beside today's")
@@ -256,10 +257,11 @@ def main() -> None:
         print(f"seeded {args.records:,} x {args.value_bytes} B in {results['seed_seconds']} s")
         client = redis.Redis.from_url(services.redis_url)
         names = {"new": "scale", "baseline": "scale-base"}
-        for run in range(args.runs):  # alternating; each backfill into a fresh stream
+        for run in range(args.backfill_runs or args.runs):  # alternating; into a fresh stream
             backfills = ["new"] if args.skip_baseline_backfill else list(libs)
             for which in backfills if run % 2 == 0 else backfills[::-1]:
-                for key in client.scan_iter(match=f"*{{{names[which]}}}*", count=1000):
+                # {name} and the spread layout's {name:p}
+                for key in client.scan_iter(match=f"*{{{names[which]}[:}}]*", count=1000):
                     client.delete(key)
                 r = measure(
                     client,
