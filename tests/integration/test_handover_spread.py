@@ -11,6 +11,7 @@ case) is not among the cases yet: its translate_group finds no partition, as
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -43,6 +44,7 @@ PARTITIONS = 12
 CASES = {
     "spread-standalone": ("spread", "standalone"),
     "spread-cluster": ("spread", "cluster"),
+    "per-partition-standalone": ("per-partition", "standalone"),
 }
 
 
@@ -418,3 +420,14 @@ def test_finish_and_keda_see_the_group_on_every_partition_stream(make, target):
     assert why.startswith("its Redis group was removed") and keys.stream_for(2) in why
     assert keys.stream_for(1) not in why
     assert groups_on_streams(client, config, partitions) == set()
+
+    # a partition the mirror armed after the hand-over (the topic grew): no group was made
+    # on its stream, as its absence from the record says
+    record = handover_record_key(keys, "billing")
+    starts = json.loads(client.hget(record, "starts"))
+    del starts["3"]
+    client.hset(record, "starts", json.dumps(starts))
+    client.xgroup_destroy(keys.stream_for(3), "billing")
+    assert check_handed_over(client, keys, "billing", committed) == (
+        "partition(s) 3 armed after its hand-over: no Redis group on their streams"
+    )

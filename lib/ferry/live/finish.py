@@ -56,8 +56,9 @@ def check_handed_over(
     client: redis.Redis, keys: MigrationKeys, group: str, committed: dict[int, int]
 ) -> str:
     """Why ``group`` is not handed over ('' when it is): no hand-over record, its Redis group
-    gone (from the stream, or in the per-partition and spread layouts from any partition's
-    stream), or Kafka offsets committed since the hand-over (consumers still read Kafka)."""
+    gone (from the stream, or in the per-partition and spread layouts from any armed
+    partition's stream, or never made there: a partition armed after the hand-over), or Kafka
+    offsets committed since the hand-over (consumers still read Kafka)."""
     from ferry.live.group_keys import group_targets, handover_record_key
 
     raw = client.hgetall(handover_record_key(keys, group))
@@ -65,11 +66,18 @@ def check_handed_over(
     if "done" not in record:
         return "never handed over"
     targets = group_targets(keys, group, handed_over_partitions(client, keys))
-    gone = [t.stream for t in targets if not _group_on(client, t.stream, group)]
-    if not targets or (gone and targets[0].partition is None):
+    gone = [t for t in targets if not _group_on(client, t.stream, group)]
+    if not targets or (gone and gone[0].partition is None):
         return "its Redis group was removed"
     if gone:
-        return f"its Redis group was removed from {', '.join(gone)}"
+        handed = record.get("starts")  # the partitions the hand-over made a group for
+        later = [t.partition for t in gone if handed and str(t.partition) not in json.loads(handed)]
+        if later:
+            return (
+                f"partition(s) {', '.join(map(str, later))} armed after its hand-over: no Redis "
+                "group on their streams"
+            )
+        return f"its Redis group was removed from {', '.join(t.stream for t in gone)}"
     then = {int(p): int(o) for p, o in json.loads(record.get("committed", "{}")).items()}
     if then != committed:
         return "committed on Kafka since its hand-over"
