@@ -312,6 +312,14 @@ def armed_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int]:
     return _armed_marks(client.hgetall(keys.state))  # HGETALL: every role reading it has it
 
 
+def migration_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int]:
+    """Every partition the migration has armed, in any layout (HGETALL only)."""
+    fields = client.hgetall(keys.state)
+    if keys.spread:
+        return _armed_marks(fields)
+    return sorted(int(f[6:]) for f in fields if f.startswith(b"start:"))
+
+
 def _armed_marks(fields) -> list[int]:
     return sorted(int(f[6:]) for f in fields if f.startswith(b"armed:"))
 

@@ -15,7 +15,7 @@ import redis
 
 from ferry.config import StreamConfig
 from ferry.core.entries import REDIS_ORIGIN, KafkaRecord, entry_to_record
-from ferry.core.ingest import migration_keys
+from ferry.core.ingest import migration_keys, migration_partitions
 from ferry.errors import HandoverError
 from ferry.live.group_keys import (  # noqa: F401 - group_offsets_key importable from here too
     GroupTarget,
@@ -142,6 +142,12 @@ class StreamConsumer:
         if b"done" not in record:
             raise missing
         partitions = [int(p) for p in json.loads(record.get(b"starts") or "{}")]  # translated
+        added = sorted(set(migration_partitions(self.client, self.keys)) - set(partitions))
+        if added:  # their entries would never be delivered: refuse rather than skip them
+            raise HandoverError(
+                f"partition(s) {added} joined the migration after group {self.group!r} was "
+                "handed over and have no Redis group; ferry does not hand a grown topic over"
+            )
         return group_targets(self.keys, self.group, partitions)
 
     def _tag(self, target: GroupTarget) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import redis
 
 from ferry.config import StreamConfig
-from ferry.core.ingest import MigrationKeys, _script, armed_partitions
+from ferry.core.ingest import MigrationKeys, _script, migration_partitions
 from ferry.errors import HandoverError
 from ferry.live.group_keys import GroupTarget, group_targets, handover_record_key
 
@@ -174,7 +174,7 @@ def translate_partitions(
     )
     from ferry.live.phases import events_key
 
-    targets = group_targets(keys, group, armed_partitions(client, keys))
+    targets = group_targets(keys, group, migration_partitions(client, keys))
     snapshots = {t.partition: read_snapshot(client, keys, t) for t in targets}
     starts = {p: s.start(p) for p, s in snapshots.items() if s.start(p) is not None}
     positions = {p: s.position(p) for p, s in snapshots.items()}
