@@ -221,3 +221,21 @@ def test_a_switch_refused_for_its_lease_puts_the_copies_back(make_spread, target
     assert _check_copies(client, keys, 3).phase == DRAINING
     assert expire_draining(client, keys, "test").phase == DUAL_WRITE
     _check_copies(client, keys, 3)
+
+
+def test_a_partition_armed_after_the_hand_over_makes_the_consumer_refuse(make_spread, target):
+    """A partition the topic gained after a group's hand-over has no Redis group: the
+    consumer refuses, naming it, instead of never delivering its entries."""
+    from ferry.core.ingest import arm_migration
+    from ferry.errors import HandoverError
+    from ferry.live.handover import StreamConsumer, translate_group
+
+    client, _, _ = target
+    stream = make_spread(list(payment_events(40, 2)), 2, layout="spread")
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    translate_group(stream.config, "billing", committed={0: 3, 1: 4})
+    assert StreamConsumer(stream.config, "billing").lag() > 0
+    arm_migration(client, keys, stream.config.kafka.topic, {2: 0})
+    with pytest.raises(HandoverError, match=r"partition\(s\) \[2\] joined the migration after"):
+        StreamConsumer(stream.config, "billing")
