@@ -3,10 +3,8 @@ consumer group per partition stream, and ``StreamConsumer`` reads them all.
 
 Offsets are committed through the real Kafka group coordinator. The spread bodies run on a
 standalone server and on the session's shared 3-primary cluster (partitions on several
-shards, so every step must stay within one partition's slot). The per-partition layout (its
-streams share one slot: a ``"per-partition-standalone": ("per-partition", "standalone")``
-case) is not among the cases yet: its translate_group finds no partition, as
-``armed_partitions`` reads the spread layout's ``armed:<p>`` marks only."""
+shards, so every step must stay within one partition's slot); the per-partition layout, whose
+streams share one slot, on the standalone server."""
 
 from __future__ import annotations
 

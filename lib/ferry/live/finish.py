@@ -13,9 +13,8 @@ import redis
 from ferry.config import StreamConfig
 from ferry.core.ingest import (
     MigrationKeys,
-    armed_partitions,
     migration_keys,
-    read_state,
+    migration_partitions,
     read_state_counters,
 )
 from ferry.errors import GateFailed
@@ -87,11 +86,7 @@ def check_handed_over(
 def handed_over_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int]:
     """The partitions whose streams a handed-over group reads: the armed ones (spread: their
     ``armed:<p>`` marks; per-partition: those with a ``start:<p>``); none for merged."""
-    if keys.layout == "merged":
-        return []
-    if keys.spread:
-        return armed_partitions(client, keys)
-    return sorted(read_state(client, keys)[0])
+    return [] if keys.layout == "merged" else migration_partitions(client, keys)
 
 
 def _group_on(client: redis.Redis, stream: str, group: str) -> bool:
