@@ -16,13 +16,19 @@ import pytest
 import yaml
 from redis.crc import key_slot
 
+from ferry.cli import main
 from ferry.core.ingest import migration_keys
 from ferry.core.mirror import backfill
 from ferry.errors import HandoverError
 from ferry.live.consumer import StreamConsumer
 from ferry.live.finish import check_handed_over
 from ferry.live.group_keys import dead_letter_key, group_targets, handover_record_key
-from ferry.live.handover import translate_group
+from ferry.live.handover import (
+    group_translated,
+    hand_over_group,
+    handover_requested,
+    translate_group,
+)
 from ferry.runbook.keda import (
     groups_on_streams,
     handed_over_groups,
@@ -428,4 +434,42 @@ def test_finish_and_keda_see_the_group_on_every_partition_stream(make, target):
     client.xgroup_destroy(keys.stream_for(3), "billing")
     assert check_handed_over(client, keys, "billing", committed) == (
         "partition(s) 3 armed after its hand-over: no Redis group on their streams"
+    )
+
+
+def test_step_05_and_the_cli_hand_a_group_over(make, target, tmp_path, capsys):
+    """What step 05 calls (``hand_over_group``: the flag, an empty Kafka group, its offsets)
+    and ``ferry translate-group``, whose JSON names each partition stream's start."""
+    client = target.client
+    stream, keys, expected = migrated(make, target, n=120, partitions=4)
+    config = stream.config
+    commit_group(stream.bootstrap, config.kafka.topic, "billing", {0: 5, 2: 7})
+    commit_group(stream.bootstrap, config.kafka.topic, "fraud", {1: 2})
+
+    assert not group_translated(client, keys, "billing")
+    billing = hand_over_group(config, "billing", 30.0, reset="earliest")
+    assert handover_requested(client, keys, "billing")
+    assert group_translated(client, keys, "billing")
+    assert (billing.committed, billing.reset_offsets) == ({0: 5, 2: 7}, {1: 0, 3: 0})
+    assert sorted(billing.starts) == [0, 1, 2, 3]
+
+    config_file = stream.write_config(tmp_path / "s.yaml")
+    assert main(["translate-group", str(config_file), "fraud"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    size = {p: len(rs) for p, rs in expected.items()}
+    assert (out["stream"], out["committed"]) == (config.redis.stream, {"1": 2})
+    assert out["reset_offsets"] == {str(p): size[p] for p in (0, 2, 3)}
+    ids = {p: ids_by_offset(client, keys.stream_for(p)) for p in range(4)}
+    assert out["starts"] == {
+        "0": ids[0][size[0] - 1],
+        "1": ids[1][1],
+        "2": ids[2][size[2] - 1],
+        "3": ids[3][size[3] - 1],
+    }
+    assert handed_over_groups(client, config) == ["billing", "fraud"]
+    assert drain(StreamConsumer(config, "fraud", "c1", batch=64, block_ms=50), keys) == after(
+        expected, {1: 2, **{p: size[p] for p in (0, 2, 3)}}
+    )
+    assert drain(StreamConsumer(config, "billing", "c1", batch=64, block_ms=50), keys) == after(
+        expected, {0: 5, 1: 0, 2: 7, 3: 0}
     )
