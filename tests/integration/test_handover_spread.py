@@ -223,8 +223,13 @@ def test_a_rerun_changes_nothing_and_a_commit_since_is_refused(make, target):
     commit_group(stream.bootstrap, config.kafka.topic, "billing", committed)
     first = translate_group(config, "billing")
     partitions = list(range(6))
+    # a consumer has read some and acknowledged part of it: a rerun must not move anything
+    consumer = StreamConsumer(config, "billing", "c1", batch=30, block_ms=50)
+    batch = consumer.poll()
+    consumer.ack(*batch[:10])
     made = snapshot(client, keys, "billing", partitions)
     assert all(made[keys.stream_for(p)][0] for p in partitions)  # a group on every stream
+    assert sum(made[keys.stream_for(p)][0]["billing"]["pending"] for p in partitions) == 20
 
     assert translate_group(config, "billing") == first
     assert translate_group(config, "billing", committed=committed) == first
