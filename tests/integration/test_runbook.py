@@ -258,12 +258,16 @@ def test_a_rebuilt_archive_is_caught_by_its_anchor(runbook_stream, tmp_path, mon
 @pytest.mark.kafka_side  # both: one stack only (the layout is ferry's, not a server's)
 def test_a_spread_migration_passes_every_gate(runbook_stream, tmp_path, redis_client):
     """The runbook on the spread layout (a hash tag per partition), with a live producer
-    through every phase and the operator's ACL line: every step passes and every partition's
-    stream holds its records."""
+    through every phase, a Kafka consumer group to hand over and the operator's ACL line:
+    every step passes, every partition's stream holds its records and the group's Redis
+    group is on every partition stream."""
+    from .test_live import commit_group
+
     config, name = runbook_stream
     doc = yaml.safe_load(config.read_text())
     doc["redis"]["layout"] = "spread"
     config.write_text(yaml.safe_dump(doc))
+    commit_group(doc["kafka"]["bootstrap_servers"], name, "billing", {0: 5, 1: 7})
     stop = threading.Event()
     counts = {}
     traffic = threading.Thread(
@@ -276,6 +280,10 @@ def test_a_spread_migration_passes_every_gate(runbook_stream, tmp_path, redis_cl
     try:
         result = run_runbook(str(config), audit_root=tmp_path / "audit", echo=lambda _: None)
         lengths = [redis_client.xlen(k) for k in keys.streams(list(range(PARTITIONS)))]
+        groups = [
+            [g["name"] for g in redis_client.xinfo_groups(k)]
+            for k in keys.streams(list(range(PARTITIONS)))
+        ]
     finally:
         stop.set()
         traffic.join(timeout=60)
@@ -287,3 +295,4 @@ def test_a_spread_migration_passes_every_gate(runbook_stream, tmp_path, redis_cl
     ]
     assert counts["written_redis_first"] > 0 and counts["not_accepted"] == 0
     assert all(lengths) and not redis_client.exists(keys.stream), lengths
+    assert groups == [[b"billing"]] * PARTITIONS

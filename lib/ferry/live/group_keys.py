@@ -79,6 +79,6 @@ def recorded_groups(client, keys: MigrationKeys) -> list[str]:
     groups = []
     for key in client.scan_iter(match=pattern, count=1000, _type="hash"):
         name = key.decode() if isinstance(key, bytes) else key
-        if client.hexists(name, "done"):
+        if b"done" in client.hgetall(name):  # HGETALL: every role reading records has it
             groups.append(name[len(prefix) : -len(":handover")])
     return sorted(groups)

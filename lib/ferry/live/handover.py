@@ -709,7 +709,7 @@ def handover_requested(client: redis.Redis, keys: MigrationKeys, group: str) -> 
 def group_translated(client: redis.Redis, keys: MigrationKeys, group: str) -> bool:
     """True once ``translate_group`` stored the group's offsets (StreamConsumer can start)."""
     if keys.layout != "merged":  # the record is written once every partition's group exists
-        return bool(client.hexists(handover_record_key(keys, group), "done"))
+        return b"done" in client.hgetall(handover_record_key(keys, group))  # every role has HGETALL
     return bool(client.exists(group_offsets_key(keys, group)))
 
 
