@@ -137,8 +137,9 @@ def render_scaled_object(
     In the ``merged`` layout a group reads one stream, ``redis.stream``: one trigger per
     group. In the ``per-partition`` and ``spread`` layouts a group is a Redis consumer group
     on each partition's stream, so each group has a trigger per stream of ``partitions`` (the
-    migration's armed partitions, :func:`stream_partitions`), all with the same consumerGroup;
-    KEDA scales by the largest.
+    migration's armed partitions, :func:`stream_partitions`), all with the same consumerGroup.
+    KEDA scales by the largest trigger, so each stream's ``lagCount`` is ``lag_count`` shared
+    out over the streams: lag spread evenly over N streams scales as the same lag on one.
 
     Secrets: ``auth_secret`` holds the keys ``username``, ``password`` (and
     ``sentinel-password`` when the Sentinels have one); ``tls_secret`` holds ``ca.crt``,
@@ -202,6 +203,9 @@ def render_scaled_object(
             if present:
                 refs.append((parameter, tls_secret, TLS_KEYS[parameter]))
 
+    # KEDA scales to the largest trigger's lag / lagCount: each partition stream's trigger
+    # gets the group's threshold shared out, so evenly spread lag scales as one stream would
+    per_stream = max(1, lag_count // len(streams))
     name = f"{kubernetes_name(config.name)}-consumer"
     auth_name = f"{name}-redis-auth"
     triggers = []
@@ -213,7 +217,7 @@ def render_scaled_object(
                     **connection,
                     "stream": stream,
                     "consumerGroup": group,
-                    "lagCount": str(lag_count),
+                    "lagCount": str(per_stream),
                 },
             }
             if refs:
