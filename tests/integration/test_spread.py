@@ -235,7 +235,13 @@ def test_a_partition_armed_after_the_hand_over_makes_the_consumer_refuse(make_sp
     keys = migration_keys(stream.config)
     backfill(stream.config, progress=False)
     translate_group(stream.config, "billing", committed={0: 3, 1: 4})
-    assert StreamConsumer(stream.config, "billing").lag() > 0
+    consumer = StreamConsumer(stream.config, "billing", batch=5)
+    waiting = consumer.lag()
+    assert waiting == consumer.backlog() > 5  # over both partition streams
+    delivered = consumer.poll()  # delivered, not acknowledged: still in the backlog
+    assert (consumer.lag(), consumer.backlog()) == (waiting - len(delivered), waiting)
+    consumer.ack(*delivered)
+    assert consumer.backlog() == waiting - len(delivered)
     arm_migration(client, keys, stream.config.kafka.topic, {2: 0})
     with pytest.raises(HandoverError, match=r"partition\(s\) \[2\] joined the migration after"):
         StreamConsumer(stream.config, "billing")

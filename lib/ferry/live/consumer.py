@@ -349,15 +349,23 @@ class StreamConsumer:
     def lag(self) -> int:
         """Entries not yet delivered to the group (Redis's own count, right thanks to
         ENTRIESREAD), over its streams."""
-        total = 0
+        return sum(int(info.get("lag") or 0) for info in self._group_infos())
+
+    def backlog(self) -> int:
+        """Entries not yet delivered plus those delivered and not acknowledged, over its
+        streams: zero once the group has processed everything in them."""
+        return sum(int(i.get("lag") or 0) + int(i["pending"]) for i in self._group_infos())
+
+    def _group_infos(self) -> list[dict]:
+        out = []
         for target in self.targets:
             info = [
                 i for i in self.client.xinfo_groups(target.stream) if _text(i["name"]) == self.group
             ]
             if not info:
                 raise HandoverError(f"no group {self.group!r} on {target.stream}")
-            total += int(info[0].get("lag") or 0)
-        return total
+            out.append(info[0])
+        return out
 
 
 def _text(value) -> str:

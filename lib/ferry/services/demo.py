@@ -181,8 +181,7 @@ def _settle(config) -> None:
         lag = mirror_lag(config) if live_follower(config) else {}
         backlog = 0
         if reader is not None:
-            groups = {g["name"].decode(): g for g in reader.client.xinfo_groups(reader.stream)}
-            backlog = int(groups[GROUP].get("lag") or 0) + int(groups[GROUP]["pending"])
+            backlog = reader.backlog()
         if not any(lag.values()) and backlog == 0:
             return
         time.sleep(0.2)  # waiting on the mirror and the consumer, bounded by SETTLE_S
