@@ -10,8 +10,9 @@ import random
 
 import pytest
 
-from ferry.core.ingest import _script
-from ferry.live.handover_partitions import seek_partition
+from ferry.core.ingest import MigrationKeys, _script
+from ferry.live.group_keys import GroupTarget
+from ferry.live.handover_partitions import PartitionSnapshot, plan_partition, seek_partition
 
 pytestmark = pytest.mark.redis_side
 
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.redis_side
 def build(client, key: str, ids_and_offsets: list[tuple[str, int | None]]) -> None:
     pipe = client.pipeline(transaction=False)
     for entry_id, offset in ids_and_offsets:
-        pipe.xadd(key, {"p": 0, "o": "" if offset is None else offset, "v": "x"}, id=entry_id)
+        fields = {"p": 0, "o": "" if offset is None else offset, "ts": 1, "f": 0, "k": "", "h": ""}
+        pipe.xadd(key, {**fields, "v": "x"}, id=entry_id)
     pipe.execute()
 
 
@@ -81,5 +83,41 @@ def test_an_entry_written_redis_first_makes_the_seek_refuse(redis_client, reques
     build(redis_client, key, [(f"102-{i}", 50 + i) for i in range(50)])
     try:
         assert "without a Kafka offset" in seek_partition(redis_client, key, 30)
+    finally:
+        redis_client.delete(key)
+
+
+def test_a_partition_once_redis_first_is_read_in_order_though_the_seek_would_answer(
+    redis_client, request
+):
+    """Offsets 0..9, an entry written Redis-first (its shadow took offset 10 in Kafka), offset
+    11: the stream is as long as its offsets span, so the seek answers, wrongly, for a group
+    at 12 that never read the shadow. ``primary_from:<p>`` (it stays after the writer left)
+    sends the partition to the in-order read, which starts before the Redis-first entry."""
+    key = f"{{seek-{request.node.name}}}:stream"
+    build(
+        redis_client, key, [(f"100-{i}", i) for i in range(10)] + [("101-0", None), ("102-0", 11)]
+    )
+    keys = MigrationKeys(f"{{seek-{request.node.name}}}", key, "per-partition")
+    target = GroupTarget(0, key, f"{key}:offsets")
+    try:
+        assert seek_partition(redis_client, key, 12) == ("102-0", 12)  # what a seek says
+        snapshot = PartitionSnapshot({b"primary_from:0": b"10"}, (102, 0))
+        plan = plan_partition(redis_client, keys, target, 12, set(), False, snapshot)
+        assert (plan.start_id, plan.method) == ("100-9", "scan")
+        assert plan.skipped_later == 1  # offset 11: consumed, acknowledged unseen
+        clean = PartitionSnapshot({}, (102, 0))
+        assert plan_partition(redis_client, keys, target, 12, set(), False, clean).method == "seek"
+    finally:
+        redis_client.delete(key)
+
+
+def test_ids_beyond_a_doubles_exact_integers_make_the_seek_refuse(redis_client, request):
+    """Lua numbers are doubles: sequence numbers past 2^53 cannot be halved exactly (the
+    search would never end), so the seek refuses them and the in-order read answers."""
+    key = f"{{seek-{request.node.name}}}:stream"
+    build(redis_client, key, [("5-0", 0), (f"5-{2**55}", 1), (f"5-{2**55 + 8}", 2)])
+    try:
+        assert "beyond 2^53" in seek_partition(redis_client, key, 2)
     finally:
         redis_client.delete(key)

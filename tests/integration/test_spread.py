@@ -245,3 +245,69 @@ def test_a_partition_armed_after_the_hand_over_makes_the_consumer_refuse(make_sp
     arm_migration(client, keys, stream.config.kafka.topic, {2: 0})
     with pytest.raises(HandoverError, match=r"partition\(s\) \[2\] joined the migration after"):
         StreamConsumer(stream.config, "billing")
+
+
+def test_a_group_that_read_shadows_is_handed_over_exactly_after_redis_first_writes(
+    make_spread, target
+):
+    """A spread migration in redis-primary, its writer gone (its sequence fields with it): a
+    Kafka group that read part of the shadows is handed over, and the Redis groups deliver
+    exactly the entries it had not consumed, Redis-first ones included, each once."""
+    from ferry.core.entries import REDIS_ORIGIN, shadow_of
+    from ferry.live.handover import StreamConsumer, translate_group
+
+    from .test_live import commit_group
+
+    client, _, _ = target
+    stream = make_spread(list(payment_events(200, 3)), 3, layout="spread")
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    start_dual_write(client, keys, "test")
+    mirror = Mirror(stream.config)
+    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
+    try:
+        for i in range(90):
+            writer.send(b"dual %d" % i, key=b"k%d" % i)
+        writer.flush()
+        run_cutover(stream.config, pause_bound_s=3.0, attempts=3)
+        for i in range(240):
+            writer.send(b"primary %d" % i, key=b"k%d" % i)
+        writer.flush()
+        writer.close()  # its wseq fields go: only primary_from says Redis-first entries exist
+        wait_for_no_lag(stream.config)
+    finally:
+        writer.close()
+        mirror.close()
+    kafka = read_kafka_raw(stream.bootstrap, stream.config.kafka.topic, 3)
+    committed, consumed = {}, set()
+    for p, records in kafka.items():  # the group read up to the middle of the shadows
+        shadows = [r for r in records if shadow_of(r) is not None]
+        assert len(shadows) > 20, p
+        committed[p] = shadows[len(shadows) // 2].offset
+        for r in records[: committed[p]]:
+            sid = shadow_of(r)
+            consumed.add((p, "r", sid.decode()) if sid else (p, "k", r.offset))
+    commit_group(stream.bootstrap, stream.config.kafka.topic, "billing", committed)
+    translate_group(stream.config, "billing")
+
+    def identity(entry_id, record):
+        if record.offset == REDIS_ORIGIN:
+            return (record.partition, "r", getattr(entry_id, "decode", lambda: entry_id)())
+        return (record.partition, "k", record.offset)
+
+    everything = {
+        p: [identity(i, r) for i, r in read_redis_records(client, keys.stream_for(p))]
+        for p in range(3)
+    }
+    consumer = StreamConsumer(stream.config, "billing", batch=50, block_ms=50)
+    delivered: dict[int, list] = {p: [] for p in range(3)}
+    while batch := consumer.poll():
+        for d in batch:
+            delivered[d.record.partition].append(identity(d.entry_id, d.record))
+        consumer.ack(*batch)
+    for p in range(3):
+        assert delivered[p] == [i for i in everything[p] if i not in consumed], p
+    assert any(i[1] == "r" for i in consumed) and any(
+        i[1] == "r" for p in range(3) for i in delivered[p]
+    )
+    assert consumer.backlog() == 0

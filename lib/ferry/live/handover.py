@@ -16,7 +16,7 @@ import tenacity
 
 from ferry.config import StreamConfig
 from ferry.core.entries import REDIS_ORIGIN, entry_to_record, shadow_of
-from ferry.core.ingest import MigrationKeys, _script, migration_keys, read_state
+from ferry.core.ingest import MigrationKeys, _script, migration_keys, read_state, read_state_fields
 from ferry.core.validate import read_kafka_range, scan_stream
 from ferry.errors import (
     GroupGapError,
@@ -148,7 +148,7 @@ def read_consumed_shadows_by_partition(
     entry of partition p's stream: IDs are unique per stream only)."""
     client = connect_redis(config)
     keys = migration_keys(config)
-    raw = client.hgetall(keys.state)
+    raw = read_state_fields(client, keys)  # spread: primary_from:<p> is in partition p's hash
     since = {int(k[13:]): int(v) for k, v in raw.items() if k.startswith(b"primary_from:")}
     ranges = {p: (since[p], committed[p] - 1) for p in committed if p in since}
     if not any(last >= first for first, last in ranges.values()):

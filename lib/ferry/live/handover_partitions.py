@@ -53,11 +53,11 @@ class PartitionSnapshot:
     def position(self, partition: int) -> int:
         return int(self.fields.get(b"frontier:%d" % partition, b"-1")) + 1
 
-    def written_redis_first(self, partition: int) -> bool:
-        """True when a writer appended to the partition Redis-first (entries with no offset):
-        ``primary.lua`` keeps a ``wseq:<writer>:<p>`` field for every writer that did."""
-        suffix = b":%d" % partition
-        return any(f.startswith(b"wseq:") and f.endswith(suffix) for f in self.fields)
+    def may_hold_redis_first(self, partition: int) -> bool:
+        """True once the migration has been Redis-first for the partition: ``phase.lua``
+        records ``primary_from:<p>`` at the switch and it stays (a writer's ``wseq`` fields
+        leave with the writer, its entries do not)."""
+        return b"primary_from:%d" % partition in self.fields
 
 
 def read_snapshot(client: redis.Redis, keys: MigrationKeys, target: GroupTarget):
@@ -98,8 +98,8 @@ def plan_partition(
     from ferry.live.handover import scan_plan
 
     p = target.partition
-    if snapshot.written_redis_first(p):
-        why = "written Redis-first"
+    if snapshot.may_hold_redis_first(p):
+        why = "Redis-first since the cutover"
     else:
         found = seek_partition(client, target.stream, offset)
         if not isinstance(found, str):

@@ -45,6 +45,9 @@ local fo, lo = offset_of(first), offset_of(last)
 if fo == nil or lo == nil then
   return {'', 'an entry without a Kafka offset at an end of the stream'}
 end
+if id_parts(last[1]) >= 2^53 then  -- IDs past a double's exact integers: not searched
+  return {'', 'entry IDs beyond 2^53 milliseconds'}
+end
 local n = redis.call('XLEN', stream)
 if fo >= c then
   return {'0-0', fo, lo, n}
@@ -72,6 +75,9 @@ if to < c then
   return {tail[1], fo, lo, n}
 end
 local _, top = id_parts(tail[1])
+if top >= 2^53 then
+  return {'', 'sequence numbers beyond 2^53 in one millisecond'}
+end
 local slow, shigh = 0, top  -- first_from(low, slow) is below c, first_from(low, shigh) is not
 while shigh - slow > 1 do
   local mid = math.floor((slow + shigh) / 2)
