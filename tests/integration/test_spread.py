@@ -311,3 +311,55 @@ def test_a_group_that_read_shadows_is_handed_over_exactly_after_redis_first_writ
         i[1] == "r" for p in range(3) for i in delivered[p]
     )
     assert consumer.backlog() == 0
+
+
+def test_a_group_handed_over_after_retention_trimmed_counts_lag_as_redis_does(make_spread, target):
+    """Redis counts a group's lag from every entry ever added: a hand-over after retention
+    trimmed the head still reports exactly the entries left to read, and zero once read."""
+    from dataclasses import replace
+
+    from ferry.config import TrimPolicy
+    from ferry.live.handover import StreamConsumer, translate_group
+    from ferry.redis.retention import trim_stream
+
+    client, _, _ = target
+    stream = make_spread(list(payment_events(300, 3)), 3, layout="spread")
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    assert trim_stream(client, replace(stream.config, trim=TrimPolicy(max_len=40))).removed
+    lows = {p: int(client.xrange(keys.stream_for(p), count=1)[0][1][b"o"]) for p in range(3)}
+    committed = {p: lows[p] + 10 for p in range(3)}
+    translation = translate_group(stream.config, "billing", committed=committed)
+    assert translation.method == "seek"
+    consumer = StreamConsumer(stream.config, "billing", batch=500, block_ms=50)
+    assert consumer.lag() == 3 * 30  # each stream keeps 40, the group had read 10 of them
+    while batch := consumer.poll():
+        consumer.ack(*batch)
+    assert (consumer.lag(), consumer.backlog()) == (0, 0)
+
+
+def test_a_rerun_after_a_crash_records_the_starts_the_partitions_were_made_with(
+    make_spread, target
+):
+    """A crash after the partitions' groups were made, before the record: records arrive in
+    a partition the group never committed (reset latest) and the rerun finishes the hand-over.
+    The record and the returned translation say where the groups really start."""
+    from ferry.live.group_keys import handover_record_key
+    from ferry.live.handover import translate_group
+
+    client, _, _ = target
+    stream = make_spread(list(payment_events(60, 2)), 2, layout="spread")
+    keys = migration_keys(stream.config)
+    backfill(stream.config, progress=False)
+    first = translate_group(stream.config, "billing", committed={0: 5})
+    client.delete(handover_record_key(keys, "billing"))  # the crash: no record yet
+    produce_records(stream.bootstrap, stream.config.kafka.topic, list(payment_events(40, 2)))
+    backfill(stream.config, progress=False)  # partition 1 grows past its 'latest' position
+    again = translate_group(stream.config, "billing", committed={0: 5})
+    real = {
+        p: client.xinfo_groups(keys.stream_for(p))[0]["last-delivered-id"].decode()
+        for p in range(2)
+    }
+    assert again.starts == first.starts == real
+    assert again.reset_offsets == first.reset_offsets
+    assert again.entries_read == first.entries_read

@@ -164,6 +164,16 @@ def read_consumed_shadows_by_partition(
     return out
 
 
+def deleted_entries(client: redis.Redis, stream: str) -> int:
+    """Entries added to ``stream`` and gone since (retention trims from the head): Redis
+    counts a group's lag from every entry ever added, so ENTRIESREAD must count them too."""
+    try:
+        info = client.xinfo_stream(stream)
+    except redis.ResponseError:  # no such stream yet
+        return 0
+    return max(0, int(info.get("entries-added") or 0) - int(info["length"]))
+
+
 def check_mirror_caught_up(group: str, committed: dict[int, int], positions: dict[int, int]):
     for p, offset in committed.items():
         if offset > positions.get(p, 0):
@@ -636,6 +646,7 @@ def translate_group(
         start_id, entries_read, skipped = scan_plan(
             client, keys, offsets, consumed, latest, last_id
         )
+    entries_read += deleted_entries(client, keys.stream)  # so Redis's lag is right
     logger.info(
         "group %s: start %s, entries read %d, skipped later %d (%s%s)",
         group, start_id, entries_read, skipped, method, f": {why}" if why else "",

@@ -94,22 +94,24 @@ def plan_partition(
     snapshot: PartitionSnapshot,
 ) -> PartitionPlan:
     """The group's start on one partition's stream: the seek where it can prove its answer,
-    else a scan (``consumed`` gains the Redis-first entries a ``latest`` reset passes over)."""
-    from ferry.live.handover import scan_plan
+    else a scan (``consumed`` gains the Redis-first entries a ``latest`` reset passes over).
+    ``entries_read`` counts the entries retention trimmed too, as Redis's lag does."""
+    from ferry.live.handover import deleted_entries, scan_plan
 
     p = target.partition
+    trimmed = deleted_entries(client, target.stream)
     if snapshot.may_hold_redis_first(p):
         why = "Redis-first since the cutover"
     else:
         found = seek_partition(client, target.stream, offset)
         if not isinstance(found, str):
-            return PartitionPlan(p, found[0], found[1], 0, "seek")
+            return PartitionPlan(p, found[0], trimmed + found[1], 0, "seek")
         why = found
     start, read, skipped = scan_plan(
         client, keys, {p: offset}, consumed, {p} if latest else set(), snapshot.last_id,
         stream=target.stream,
     )  # fmt: skip
-    return PartitionPlan(p, start, read, skipped, "scan", why)
+    return PartitionPlan(p, start, trimmed + read, skipped, "scan", why)
 
 
 def make_partition_group(
@@ -120,9 +122,10 @@ def make_partition_group(
     offset: int,
     committed: int | None,
     consumed: set[str],
-) -> None:
-    """``translate.lua`` on one partition's stream (its slot only). A partition a rerun finds
-    done keeps its group, unless Kafka's group committed since."""
+) -> tuple[PartitionPlan, int]:
+    """``translate.lua`` on one partition's stream (its slot only); returns the plan and
+    offset in force. A partition a rerun finds done keeps its group, and its record's plan,
+    unless Kafka's group committed since."""
     spec = {
         "offsets": {str(plan.partition): str(offset)},
         "shadows": sorted(consumed),
@@ -133,6 +136,8 @@ def make_partition_group(
             "entries_read": str(plan.entries_read),
             "committed": "" if committed is None else str(committed),
             "method": plan.method,
+            "skipped_later": str(plan.skipped_later),
+            "scan_reason": plan.scan_reason,
         },
     }
     try:
@@ -145,15 +150,21 @@ def make_partition_group(
 
         raise touched_error(exc, group, target.stream) from exc
     if outcome not in (b"done", "done"):
-        return
-    was = client.hget(target.record, "committed")
-    was = was.decode() if isinstance(was, bytes) else was
+        return plan, offset
+    record = {k.decode(): v.decode() for k, v in client.hgetall(target.record).items()}
+    was = record.get("committed", "")
     if was != ("" if committed is None else str(committed)):
         raise HandoverError(
             f"group {group!r}: partition {plan.partition} was handed over with committed offset "
             f"{was or 'none'}, and Kafka's group now says {committed}: its consumers still read "
             "Kafka. Stop them; Redis consumers resume where the hand-over put them"
         )
+    kept = PartitionPlan(
+        plan.partition, record["start_id"], int(record["entries_read"]),
+        int(record.get("skipped_later", 0)), record.get("method", "scan"),
+        record.get("scan_reason", ""),
+    )  # fmt: skip
+    return kept, int(client.hget(target.offsets, str(plan.partition)))
 
 
 def translate_partitions(
@@ -189,7 +200,11 @@ def translate_partitions(
         p = t.partition
         consumed = set(shadows.get(p, ()))
         plan = plan_partition(client, keys, t, offsets[p], consumed, p in latest, snapshots[p])
-        make_partition_group(client, t, group, plan, offsets[p], committed.get(p), consumed)
+        plan, offset = make_partition_group(
+            client, t, group, plan, offsets[p], committed.get(p), consumed
+        )
+        if p in reset_offsets:  # a rerun keeps the offset the partition was made with
+            reset_offsets[p] = offset
         plans.append(plan)
     methods = sorted({plan.method for plan in plans})
     why = "; ".join(f"partition {pl.partition}: {pl.scan_reason}" for pl in plans if pl.scan_reason)
