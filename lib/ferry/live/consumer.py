@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from ferry.live.idempotency import DEFAULT_TTL_S, KeyFunction, ProcessedKeys, lo
 from ferry.redis.target import connect_redis
 
 logger = logging.getLogger("ferry.live.consumer")
+# on a cluster, a group over many slots blocks on one stream at a time for at least this long
+BLOCK_SLICE_MS = 20
 
 
 def _consumed(entry_id: str, record: KafkaRecord, committed: dict, consumed_ids) -> bool:
@@ -117,6 +120,7 @@ class StreamConsumer:
         self.skipped = 0
         self.duplicates = 0
         self._turn = 0  # the stream a multi-stream poll starts from
+        self._next_claim = 0.0  # several streams: when stale entries are next looked for
         self.processed_by_stream: dict[str, ProcessedKeys] = {}
         if idempotent or idempotency_key is not None:
             self.processed_by_stream = {
@@ -165,15 +169,20 @@ class StreamConsumer:
 
     def _read_once(self) -> tuple[list, list[Delivery]]:
         """One pass over the streams: claims and new entries, up to ``batch``. With several
-        streams, each is read without blocking, and only a pass that found nothing blocks:
-        on all of them in one call where they share a slot or the server is standalone,
-        else on one stream at a time (in turn, a slice of ``block_ms`` each)."""
+        streams, each is read without blocking (stale entries claimed at most every quarter
+        of ``claim_idle_ms``), and only a pass that found nothing blocks: on all of them in
+        one call where they share a slot or the server is standalone, else on one stream at
+        a time, in turn, for up to ``block_ms`` in all (an entry waits at most one round)."""
         got: list[tuple[GroupTarget, list]] = []
         room = self.batch
         n = len(self.targets)
+        claim = n == 1 or time.monotonic() >= self._next_claim
+        if claim and n > 1:
+            self._next_claim = time.monotonic() + self.claim_idle_ms / 4000
         for i in range(n):
             target = self.targets[(self._turn + i) % n]
-            found = self._read_stream(target, room, block=None if n > 1 else self.block_ms)
+            block = None if n > 1 else self.block_ms
+            found = self._read_stream(target, room, block, claim)
             if found:
                 got.append((target, found))
                 room -= len(found)
@@ -188,11 +197,15 @@ class StreamConsumer:
             deliveries += self._deliveries(target, found)
         return entries, deliveries
 
-    def _read_stream(self, target: GroupTarget, count: int, block: int | None) -> list:
-        claimed = self.client.xautoclaim(
-            target.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
-        )
-        entries = list(claimed[1]) if claimed else []
+    def _read_stream(
+        self, target: GroupTarget, count: int, block: int | None, claim: bool = True
+    ) -> list:
+        entries = []
+        if claim:
+            claimed = self.client.xautoclaim(
+                target.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
+            )
+            entries = list(claimed[1]) if claimed else []
         if len(entries) < count:
             got = self.client.xreadgroup(
                 self.group, self.consumer, {target.stream: ">"},
@@ -209,14 +222,22 @@ class StreamConsumer:
             not isinstance(self.client, RedisCluster)
             or len({self._tag(t) for t in self.targets}) == 1
         ):
-            got = self.client.xreadgroup(
+            got = self.client.xreadgroup(  # COUNT is per stream
                 self.group, self.consumer, {t.stream: ">" for t in self.targets},
-                count=self.batch, block=self.block_ms,
+                count=max(1, self.batch // len(self.targets)), block=self.block_ms,
             )  # fmt: skip
             return [(self.by_stream[_text(s)], items) for s, items in got or [] if items]
-        target = self.targets[self._turn]
-        found = self._read_stream(target, self.batch, max(1, self.block_ms // len(self.targets)))
-        return [(target, found)] if found else []
+        n = len(self.targets)
+        slice_ms = max(BLOCK_SLICE_MS, self.block_ms // n)
+        deadline = time.monotonic() + self.block_ms / 1000
+        while True:
+            target = self.targets[self._turn]
+            self._turn = (self._turn + 1) % n
+            found = self._read_stream(target, self.batch, slice_ms, claim=False)
+            if found:
+                return [(target, found)]
+            if time.monotonic() >= deadline:
+                return []
 
     def _deliveries(self, target: GroupTarget, entries: list) -> list[Delivery]:
         deliveries, skip = [], []
@@ -238,6 +259,11 @@ class StreamConsumer:
         return deliveries
 
     def _target(self, delivery: Delivery) -> GroupTarget:
+        if not delivery.stream and len(self.targets) > 1:  # IDs repeat across streams
+            raise HandoverError(
+                f"entry {delivery.entry_id}: a Delivery without its stream, and group "
+                f"{self.group!r} reads {len(self.targets)} streams; pass the deliveries poll() gave"
+            )
         return self.by_stream[delivery.stream or self.stream]
 
     def _drop_processed(self, target: GroupTarget, deliveries: list[Delivery]) -> list[Delivery]:
@@ -269,7 +295,7 @@ class StreamConsumer:
     def _by_target(self, deliveries: Sequence[Delivery]) -> list[tuple[GroupTarget, list]]:
         out: dict[str, list[Delivery]] = {}
         for d in deliveries:
-            out.setdefault(d.stream or self.stream, []).append(d)
+            out.setdefault(self._target(d).stream, []).append(d)
         return [(self.by_stream[s], group) for s, group in out.items()]
 
     def process(self, handler: Handler, deliveries: Sequence[Delivery] | None = None) -> Processed:

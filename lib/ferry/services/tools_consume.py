@@ -18,11 +18,16 @@ def consume_forever(config_path: str, group: str, consumer: str, output: str) ->
         batch = reader.poll()
         if not batch:
             continue
-        pipe = reader.client.pipeline(transaction=True)
-        for d in batch:
-            pipe.xadd(output, {"p": d.record.partition, "o": d.record.offset, "id": d.entry_id})
-        pipe.xack(reader.stream, reader.group, *[d.entry_id for d in batch])
-        pipe.execute()
+        by_stream: dict[str, list] = {}
+        for d in batch:  # IDs are unique per stream only: each stream's XACK of its own
+            by_stream.setdefault(d.stream, []).append(d)
+        for stream, deliveries in by_stream.items():
+            pipe = reader.client.pipeline(transaction=True)
+            for d in deliveries:
+                fields = {"p": d.record.partition, "o": d.record.offset, "id": d.entry_id}
+                pipe.xadd(output, fields)
+            pipe.xack(stream, reader.group, *[d.entry_id for d in deliveries])
+            pipe.execute()
 
 
 if __name__ == "__main__":
