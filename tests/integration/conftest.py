@@ -74,8 +74,14 @@ def pytest_collection_modifyitems(config, items):
     """A test marked ``redis_side`` proves Redis behaviour (faults, failover, TLS, ACLs, the
     CLI's answers to them): it runs once per Redis server, on the first stack that has that
     server, and is deselected (not skipped) on the other brokers' stacks. A test marked
-    ``kafka_side`` (the brokers' group protocol, say) runs once per broker, likewise."""
-    keep_on = {"redis_side": _first_stack_per_redis_kind(), "kafka_side": _first_stack_per_broker()}
+    ``kafka_side`` (the brokers' group protocol, say) runs once per broker, likewise; one
+    marked ``each_server`` runs on the stacks that give every broker and every Redis server
+    once (a costly end-to-end test: each server's behaviour, not each pairing's)."""
+    keep_on = {
+        "redis_side": _first_stack_per_redis_kind(),
+        "kafka_side": _first_stack_per_broker(),
+        "each_server": _first_stack_per_redis_kind() | _first_stack_per_broker(),
+    }
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)

@@ -26,6 +26,7 @@ def test_unknown_topic(make_stream, redis_client):
     assert tagged_keys(redis_client, config) == []
 
 
+@pytest.mark.kafka_side
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_unreachable_broker(make_stream, redis_client, client):
     stream = make_stream([], partitions=1, client=client)
@@ -36,12 +37,18 @@ def test_unreachable_broker(make_stream, redis_client, client):
     assert tagged_keys(redis_client, config) == []
 
 
+@pytest.mark.redis_side
 def test_unreachable_redis(make_stream):
+    """Waited out for redis.fault_deadline (2 minutes by default; 1.5 s here), then one line
+    naming the address and the deadline."""
     stream = make_stream([], partitions=1)
     url = f"redis://127.0.0.1:{free_port()}/0"
-    config = replace(stream.config, redis=replace(stream.config.redis, url=url))
-    with pytest.raises(RedisTargetError, match=f"cannot reach Redis at {url}"):
+    redis_settings = replace(stream.config.redis, url=url, fault_deadline_ms=1500)
+    config = replace(stream.config, redis=redis_settings)
+    with pytest.raises(RedisTargetError, match=f"cannot reach Redis at {url}") as info:
         backfill(config, progress=False)
+    assert "gave up after 2s (redis.fault_deadline)" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_wrong_redis_password(make_stream, redis_client, monkeypatch):

@@ -31,6 +31,7 @@ def stream_counts(client, key):
         last = "(" + chunk[-1][0].decode()
 
 
+@pytest.mark.each_server
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_kill_9_mid_backfill_then_resume(make_stream, redis_client, tmp_path, client):
     stream = make_stream(

@@ -105,6 +105,7 @@ def test_backfill_validate_and_write_over_sasl_ssl(
     assert sum(map(len, kafka.values())) == 520
 
 
+@pytest.mark.kafka_side
 @pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 @pytest.mark.parametrize("fault", ["password", "ca"])
 def test_wrong_password_or_ca_is_a_one_line_error(

@@ -67,6 +67,7 @@ def runbook_stream(services, redis_client, tmp_path, monkeypatch, request):
         redis_client.delete(*keys)
 
 
+@pytest.mark.each_server
 def test_full_run_passes_every_gate_and_archives_verifiably(runbook_stream, tmp_path, redis_client):
     config, name = runbook_stream
     redis_client.acl_log_reset()
