@@ -58,14 +58,14 @@ def check_handed_over(
     gone (from the stream, or in the per-partition and spread layouts from any armed
     partition's stream, or never made there: a partition armed after the hand-over), or Kafka
     offsets committed since the hand-over (consumers still read Kafka)."""
-    from ferry.live.group_keys import group_targets, handover_record_key
+    from ferry.live.group_keys import group_targets, groups_on, handover_record_key
 
     raw = client.hgetall(handover_record_key(keys, group))
     record = {k.decode(): v.decode() for k, v in raw.items()}
     if "done" not in record:
         return "never handed over"
     targets = group_targets(keys, group, handed_over_partitions(client, keys))
-    gone = [t for t in targets if not _group_on(client, t.stream, group)]
+    gone = [t for t in targets if group not in groups_on(client, t.stream)]
     if not targets or (gone and gone[0].partition is None):
         return "its Redis group was removed"
     if gone:
@@ -87,12 +87,6 @@ def handed_over_partitions(client: redis.Redis, keys: MigrationKeys) -> list[int
     """The partitions whose streams a handed-over group reads: the armed ones (spread: their
     ``armed:<p>`` marks; per-partition: those with a ``start:<p>``); none for merged."""
     return [] if keys.layout == "merged" else migration_partitions(client, keys)
-
-
-def _group_on(client: redis.Redis, stream: str, group: str) -> bool:
-    if client.exists(stream) == 0:
-        return False
-    return group.encode() in {g["name"] for g in client.xinfo_groups(stream)}
 
 
 def finish_gates(config: StreamConfig, quiet_window_s: float) -> list[Gate]:

@@ -65,6 +65,16 @@ def group_targets(keys: MigrationKeys, group: str, partitions: list[int]) -> lis
     ]
 
 
+def groups_on(client, stream: str) -> set[str]:
+    """The names of the Redis consumer groups on ``stream`` (none when it does not exist)."""
+    if not client.exists(stream):
+        return set()
+    return {
+        g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        for g in client.xinfo_groups(stream)
+    }
+
+
 def dead_letter_key(keys: MigrationKeys, group: str, target: GroupTarget) -> str:
     """Where entries that kept failing go: beside the stream they came from."""
     if target.partition is None:

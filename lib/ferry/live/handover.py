@@ -34,7 +34,7 @@ from ferry.live.consumer import (  # noqa: F401 - the consumer side, importable 
     _consumed,
     group_offsets_key,
 )
-from ferry.live.group_keys import handover_record_key
+from ferry.live.group_keys import group_targets, groups_on, handover_record_key
 from ferry.redis.target import connect_redis
 
 logger = logging.getLogger("ferry.live.handover")
@@ -264,14 +264,9 @@ def _stored_translation(client: redis.Redis, keys: MigrationKeys, group: str):
     }
     if "done" not in record:
         return None
-    streams = [keys.stream]
-    if keys.layout != "merged":
-        starts = json.loads(record.get("starts", "{}"))
-        streams = [keys.stream_for(int(p)) for p in starts]
-    for stream in streams:
-        if not client.exists(stream) or group.encode() not in {
-            g["name"] for g in client.xinfo_groups(stream)
-        }:
+    starts = {int(p): i for p, i in json.loads(record.get("starts", "{}")).items()}
+    for target in group_targets(keys, group, list(starts)):
+        if group not in groups_on(client, target.stream):
             return None  # the group was removed since: hand it over again
 
     def ints(text: str) -> dict[int, int]:
@@ -289,7 +284,7 @@ def _stored_translation(client: redis.Redis, keys: MigrationKeys, group: str):
         {int(p): tuple(g) for p, g in json.loads(record["gaps"]).items()},
         record.get("method", "scan"),
         record.get("scan_reason", ""),
-        {int(p): i for p, i in json.loads(record.get("starts", "{}")).items()},
+        starts,
     )
 
 

@@ -286,16 +286,11 @@ def groups_on_streams(client, config: StreamConfig, partitions: Sequence[int] | 
     """The consumer groups that exist on every stream a handed-over group reads (the stream,
     or each of ``partitions``' streams); a stream that does not exist has none."""
     from ferry.core.ingest import migration_keys
+    from ferry.live.group_keys import group_targets, groups_on
 
-    keys = migration_keys(config)
-    streams = [keys.stream] if keys.layout == "merged" else keys.streams(sorted(partitions or []))
     found: set[str] | None = None
-    for stream in streams:
-        here = (
-            {g["name"].decode() for g in client.xinfo_groups(stream)}
-            if client.exists(stream)
-            else set()
-        )
+    for target in group_targets(migration_keys(config), "", list(partitions or [])):
+        here = groups_on(client, target.stream)
         found = here if found is None else found & here
     return found or set()
 
