@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -112,6 +113,25 @@ def stop_processes(procs) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+@contextmanager
+def dual_writing(client, config):
+    """The migration backfilled and in dual-write, with a follow mirror and a DualWriter
+    running (both closed on the way out): where every live cutover test starts."""
+    from ferry import DualWriter
+    from ferry.core.ingest import migration_keys
+    from ferry.live.phases import start_dual_write
+
+    backfill(config, progress=False)
+    start_dual_write(client, migration_keys(config), "test")
+    mirror = Mirror(config)
+    writer = DualWriter(config, poll_interval_s=0.05)
+    try:
+        yield writer
+    finally:
+        writer.close()
+        mirror.close()
 
 
 class Mirror:

@@ -15,7 +15,7 @@ from ferry.live.phases import DUAL_WRITE, REDIS_ONLY, finish_migration, start_du
 from ferry.live.rollback import plan_rollback, roll_back
 from ferry.services.seed import payment_events
 
-from .helpers import Mirror, read_kafka_raw, read_redis_records, wait_until
+from .helpers import Mirror, dual_writing, read_kafka_raw, read_redis_records, wait_until
 
 
 def wait_for_no_lag(config, attempts=3000):
@@ -39,11 +39,7 @@ def test_redis_primary_then_rollback_then_cutover_again_keeps_every_record_once(
 ):
     stream = make_stream(list(payment_events(300, 2)), partitions=2)
     keys = migration_keys(stream.config)
-    backfill(stream.config, progress=False)
-    start_dual_write(redis_client, keys, "test")
-    mirror = Mirror(stream.config)
-    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
-    try:
+    with dual_writing(redis_client, stream.config) as writer:
         for i in range(200):
             writer.send(b"dual %d" % i, key=b"k%d" % (i % 7))
         writer.flush()
@@ -70,9 +66,6 @@ def test_redis_primary_then_rollback_then_cutover_again_keeps_every_record_once(
             writer.send(b"second cutover %d" % i)
         writer.flush()
         wait_for_no_lag(stream.config)
-    finally:
-        writer.close()
-        mirror.close()
     assert not writer.failed
     result = check_both_sides(stream, redis_client, 2)
     assert result.ok, result

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-import ferry
 from ferry.core.ingest import (
     Ingestor,
     _script,
@@ -42,7 +41,13 @@ from ferry.services.seed import BASE_TS_MS, payment_events, produce_records
 
 from .cluster import cluster_client, owner_port, shared_cluster
 from .conftest import stream_factory
-from .helpers import Mirror, expected_records, read_kafka_raw, read_redis_records, wait_until
+from .helpers import (
+    dual_writing,
+    expected_records,
+    read_kafka_raw,
+    read_redis_records,
+    wait_until,
+)
 from .test_primary import wait_for_no_lag
 
 pytestmark = pytest.mark.redis_side
@@ -140,12 +145,8 @@ def test_cutover_rollback_and_cutover_again_with_phase_copies_per_slot(make_spre
     client, _, _ = target
     stream = make_spread(list(payment_events(300, 4)), 4, layout="spread")
     keys = migration_keys(stream.config)
-    backfill(stream.config, progress=False)
-    start_dual_write(client, keys, "test")
-    assert _check_copies(client, keys, 4).phase == DUAL_WRITE
-    mirror = Mirror(stream.config)
-    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
-    try:
+    with dual_writing(client, stream.config) as writer:
+        assert _check_copies(client, keys, 4).phase == DUAL_WRITE
         for i in range(200):
             writer.send(b"dual %d" % i, key=b"k%d" % (i % 7))
         writer.flush()
@@ -172,9 +173,6 @@ def test_cutover_rollback_and_cutover_again_with_phase_copies_per_slot(make_spre
             writer.send(b"second cutover %d" % i)
         writer.flush()
         wait_for_no_lag(stream.config)
-    finally:
-        writer.close()
-        mirror.close()
     assert not writer.failed
     results = _check_both_sides(stream, client, keys, 4)
     assert all(r.ok and r.unshadowed == 0 for r in results), results
@@ -261,11 +259,7 @@ def test_a_group_that_read_shadows_is_handed_over_exactly_after_redis_first_writ
     client, _, _ = target
     stream = make_spread(list(payment_events(200, 3)), 3, layout="spread")
     keys = migration_keys(stream.config)
-    backfill(stream.config, progress=False)
-    start_dual_write(client, keys, "test")
-    mirror = Mirror(stream.config)
-    writer = ferry.DualWriter(stream.config, poll_interval_s=0.05)
-    try:
+    with dual_writing(client, stream.config) as writer:
         for i in range(90):
             writer.send(b"dual %d" % i, key=b"k%d" % i)
         writer.flush()
@@ -275,9 +269,6 @@ def test_a_group_that_read_shadows_is_handed_over_exactly_after_redis_first_writ
         writer.flush()
         writer.close()  # its wseq fields go: only primary_from says Redis-first entries exist
         wait_for_no_lag(stream.config)
-    finally:
-        writer.close()
-        mirror.close()
     kafka = read_kafka_raw(stream.bootstrap, stream.config.kafka.topic, 3)
     committed, consumed = {}, set()
     for p, records in kafka.items():  # the group read up to the middle of the shadows
